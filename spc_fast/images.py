@@ -1,0 +1,84 @@
+"""Validation and normalisation of image arrays and tensors, shared by every public entry point.
+
+One place decides what an acceptable image is (SPEC.md §1): uint8 / 255, uint16 / 65535, floats taken as is and
+required to be finite and inside [0, 1]. Errors name the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+TENSOR_DTYPES = (torch.uint8, *FLOAT_DTYPES)
+
+
+def numpy_to_unit(image: np.ndarray) -> np.ndarray:
+    """H x W x 3 sRGB array (uint8, uint16 or float in [0, 1]) -> float64 array in [0, 1]."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(
+            f"expected an H x W x 3 RGB array, got shape {image.shape}; "
+            "load files with spc_fast.io.load_image, which converts grayscale/RGBA/palette images to RGB"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"image is empty (shape {image.shape}); pass an image with at least one pixel")
+    if image.dtype == np.uint8:
+        return image.astype(np.float64) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float64) / 65535.0
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"unsupported dtype {image.dtype}; use uint8, uint16 or float in [0, 1]")
+    out = image.astype(np.float64)
+    _check_float_range(bool(np.isfinite(out).all()), float(out.min()), float(out.max()))
+    return out
+
+
+def _check_float_range(finite: bool, lo: float, hi: float) -> None:
+    if not finite:
+        raise ValueError("image contains NaN or inf; clean the input (e.g. torch.nan_to_num) before measuring it")
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(
+            f"float image values must lie in [0, 1], found [{lo:.6g}, {hi:.6g}]; "
+            "divide 8-bit data by 255 (or pass it as uint8), or clamp deliberately before calling"
+        )
+
+
+def check_batch(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Validate an image tensor and return it as (B, 3, H, W) plus whether the input had no batch axis.
+
+    Float range checks cost one reduction (and a host sync on CUDA); they are done here, once, before any kernel.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(images).__name__}; use torch.from_numpy or io.load_tensor")
+    unbatched = images.dim() == 3
+    if unbatched:
+        images = images.unsqueeze(0)
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected (B, 3, H, W) or (3, H, W) RGB images, got shape {tuple(images.shape)}; "
+            "channel-last arrays need .permute(0, 3, 1, 2), grayscale needs .expand(-1, 3, -1, -1)"
+        )
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"image batch is empty (shape {tuple(images.shape)}); pass at least one pixel per image")
+    if images.dtype not in TENSOR_DTYPES:
+        raise ValueError(f"unsupported dtype {images.dtype}; use uint8 or float16/bfloat16/float32 in [0, 1]")
+    if images.dtype != torch.uint8:
+        lo, hi = torch.aminmax(images)
+        finite = bool(torch.isfinite(lo) & torch.isfinite(hi))
+        _check_float_range(finite, float(lo), float(hi))
+    return images, unbatched
+
+
+def to_unit_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 -> /255, floats cast; no validation (call check_batch first)."""
+    if images.dtype == torch.uint8:
+        return images.to(dtype) / 255.0
+    return images.to(dtype)
+
+
+def from_unit_float(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Float in [0, 1] -> ``dtype`` (uint8 rounds to nearest)."""
+    if dtype == torch.uint8:
+        return (images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    return images.to(dtype)

@@ -1,0 +1,131 @@
+"""Photometric attributes a_k of an image: exposure, contrast, saturation, CCT (SPEC.md §2).
+
+``attributes_reference`` is the float64 numpy truth. ``attributes`` is the batched torch entry point: the fused
+Triton kernel on CUDA (``spc_fast.kernels.photometric_stats``), a cache-tiled vectorised torch path elsewhere.
+Both produce the same per-block partial statistics and share ``finalize``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from spc_fast import colour, colour_torch
+from spc_fast.images import check_batch, numpy_to_unit
+
+ATTRIBUTE_NAMES = ("exposure", "contrast", "saturation", "cct")
+NUM_ATTRIBUTES = len(ATTRIBUTE_NAMES)
+
+# Partial statistics of one block of pixels, the contract between the kernels and ``finalize``:
+# pixel count, mean and M2 (sum of squared deviations) of L*, and the sums of chroma, X, Y, Z.
+STAT_NAMES = ("count", "mean_l", "m2_l", "sum_chroma", "sum_x", "sum_y", "sum_z")
+NUM_STATS = len(STAT_NAMES)
+
+NEUTRAL_WHITE_CCT = colour.mccamy_cct(*(colour.WHITE_D65[:2] / colour.WHITE_D65.sum()))
+
+# Pixels per tile of the CPU path: small enough that a tile's float32 intermediates stay in L2.
+CPU_TILE_PIXELS = 1 << 15
+
+
+def cct_reference(mean_xyz: np.ndarray) -> float:
+    total = float(mean_xyz.sum())
+    if total < 1e-8:
+        return NEUTRAL_WHITE_CCT
+    cct = colour.mccamy_cct(mean_xyz[0] / total, mean_xyz[1] / total)
+    return float(np.clip(cct, colour.CCT_MIN, colour.CCT_MAX))
+
+
+def attributes_reference(image: np.ndarray) -> np.ndarray:
+    """Attributes (exposure, contrast, saturation, cct) of one H x W x 3 sRGB image, float64, shape (4,)."""
+    xyz = colour.linear_to_xyz(colour.srgb_to_linear(numpy_to_unit(image)))
+    lab = colour.xyz_to_lab(xyz)
+    L, a, b = lab[..., 0], lab[..., 1], lab[..., 2]
+    chroma = np.sqrt(a**2 + b**2)
+    mean_xyz = xyz.reshape(-1, 3).mean(axis=0)
+    return np.array([L.mean(), L.std(), chroma.mean(), cct_reference(mean_xyz)])
+
+
+def cct_from_xyz(mean_xyz: torch.Tensor) -> torch.Tensor:
+    """McCamy CCT of per-image mean XYZ [B, 3] (any float dtype), clamped, black images -> neutral white."""
+    total = mean_xyz.sum(-1)
+    safe_total = torch.where(total < 1e-8, torch.ones_like(total), total)
+    x, y = mean_xyz[:, 0] / safe_total, mean_xyz[:, 1] / safe_total
+    n = (x - colour.MCCAMY_XE) / (y - colour.MCCAMY_YE)
+    c3, c2, c1, c0 = colour.MCCAMY_COEFFS
+    cct = (((c3 * n + c2) * n + c1) * n + c0).clamp(colour.CCT_MIN, colour.CCT_MAX)
+    return torch.where(total < 1e-8, torch.full_like(cct, NEUTRAL_WHITE_CCT), cct)
+
+
+def finalize(partials: torch.Tensor) -> torch.Tensor:
+    """Combine per-block statistics [B, NB, NUM_STATS] into attributes [B, 4] (float32).
+
+    Block means and M2 are merged with Chan et al.'s parallel formula in float64, which keeps the variance of a
+    12-megapixel image exact to float32 precision (the naive sum-of-squares form loses it to cancellation).
+    """
+    p = partials.double()
+    count, mean_l, m2_l = p[..., 0], p[..., 1], p[..., 2]
+    n = count.sum(1)  # [B]
+    mean = (count * mean_l).sum(1) / n
+    m2 = m2_l.sum(1) + (count * (mean_l - mean[:, None]) ** 2).sum(1)
+    sums = p[..., 3:].sum(1)  # [B, 4]: chroma, X, Y, Z
+    cct = cct_from_xyz(sums[:, 1:] / n[:, None])
+    out = torch.stack([mean, (m2 / n).clamp_min(0).sqrt(), sums[:, 0] / n, cct], dim=1)
+    return out.float()
+
+
+def _uint8_linear_table(device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(colour.srgb_to_linear(np.arange(256) / 255.0), dtype=torch.float32, device=device)
+
+
+def block_stats_torch(images: torch.Tensor, tile_pixels: int = CPU_TILE_PIXELS) -> torch.Tensor:
+    """Per-tile statistics [B, num_tiles, NUM_STATS] of validated images [B, 3, H, W], in float32.
+
+    Works tile by tile over the flattened pixels of the whole batch so that every intermediate of a tile stays
+    in cache: one pass over the image in memory instead of one per elementwise operation.
+    """
+    batch = images.shape[0]
+    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
+        pixels = images.permute(0, 2, 3, 1).flatten(1, 2).transpose(1, 2)  # [B, 3, P], a strided view
+    else:
+        pixels = images.flatten(2)  # [B, 3, P]
+    num_pixels = pixels.shape[-1]
+    table = _uint8_linear_table(images.device) if images.dtype == torch.uint8 else None
+    rgb_to_xyz = torch.as_tensor(colour.RGB_TO_XYZ, dtype=torch.float32, device=images.device)
+    to_xyz_scaled = rgb_to_xyz / rgb_to_xyz.new_tensor(colour.WHITE_D65)[:, None]
+    fxyz_to_ab = torch.tensor([[500.0, -500.0, 0.0], [0.0, 200.0, -200.0]], device=images.device)
+    per_tile = max(1, tile_pixels // batch)
+    rows = []
+    for start in range(0, num_pixels, per_tile):
+        tile = pixels[:, :, start : start + per_tile]  # [B, 3, T]
+        if table is not None:
+            linear = table[tile.int()]
+        else:
+            linear = colour_torch.srgb_to_linear(tile.float())
+        f = colour_torch.lab_f(torch.matmul(to_xyz_scaled, linear))  # [B, 3, T]: f(X/Xn), f(Y/Yn), f(Z/Zn)
+        lightness = 116.0 * f[:, 1] - 16.0  # [B, T]
+        mean_l = lightness.mean(1)
+        deviation = lightness - mean_l[:, None]
+        m2_l = torch.linalg.vecdot(deviation, deviation)
+        chroma = torch.linalg.vector_norm(torch.matmul(fxyz_to_ab, f), dim=1)  # [B, T]
+        sum_xyz = linear.sum(-1) @ rgb_to_xyz.T  # [B, 3]
+        count = torch.full_like(mean_l, tile.shape[-1])
+        rows.append(torch.cat([torch.stack([count, mean_l, m2_l, chroma.sum(1)], 1), sum_xyz], 1))
+    return torch.stack(rows, dim=1)
+
+
+def attributes(images: torch.Tensor) -> torch.Tensor:
+    """Photometric attributes of sRGB images.
+
+    images: (B, 3, H, W) or (3, H, W), uint8 or float16/bfloat16/float32 in [0, 1], any memory format, any device.
+    Returns float32 (B, 4) (or (4,)) in ATTRIBUTE_NAMES order. On CUDA the fused Triton kernel runs (one read of
+    the image); elsewhere a tiled torch path. ``SPC_FAST_DISABLE_TRITON=1`` forces the torch path.
+    """
+    from spc_fast.kernels import photometric_stats
+
+    batch, unbatched = check_batch(images)
+    if photometric_stats.eligible(batch):
+        partials = photometric_stats.photometric_stats(batch)
+    else:
+        partials = block_stats_torch(batch)
+    out = finalize(partials)
+    return out[0] if unbatched else out
