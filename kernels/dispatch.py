@@ -7,8 +7,10 @@ set to a true value. Anything else falls back to the torch reference path of the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -47,3 +49,17 @@ def backend_name(*tensors: torch.Tensor) -> str:
     if not use_triton(*tensors):
         return "torch"
     return "triton-interpret" if interpreting() else "triton"
+
+
+@contextlib.contextmanager
+def torch_fallback() -> Iterator[None]:
+    """Within the block every op takes its torch path (how benchmarks time both paths on one device)."""
+    previous = os.environ.get("SPC_FAST_DISABLE_TRITON")
+    os.environ["SPC_FAST_DISABLE_TRITON"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["SPC_FAST_DISABLE_TRITON"]
+        else:
+            os.environ["SPC_FAST_DISABLE_TRITON"] = previous

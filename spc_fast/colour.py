@@ -37,6 +37,11 @@ MCCAMY_COEFFS = (-449.0, 3525.0, -6823.3, 5520.33)  # n^3, n^2, n, 1
 CCT_MIN, CCT_MAX = 1000.0, 40000.0
 NEUTRAL_CCT = 6504.0  # the CCT the temperature operator treats as "no change"
 
+# White points the temperature operator may target; outside them the daylight-locus fit is meaningless.
+TEMPERATURE_CCT_MIN, TEMPERATURE_CCT_MAX = 2000.0, 25000.0
+TEMPERATURE_DELTA_MIN = 1e6 / TEMPERATURE_CCT_MAX - 1e6 / NEUTRAL_CCT  # about -113.75 mired (cooler)
+TEMPERATURE_DELTA_MAX = 1e6 / TEMPERATURE_CCT_MIN - 1e6 / NEUTRAL_CCT  # about +346.25 mired (warmer)
+
 # Bradford cone response matrix (chromatic adaptation).
 BRADFORD = np.array(
     [
@@ -127,7 +132,14 @@ def temperature_matrix(delta_mired: float) -> np.ndarray:
 
     It adapts the daylight white at NEUTRAL_CCT to the daylight white at ``1e6 / (1e6/6504 + delta_mired)``
     kelvin, so delta 0 is exactly the identity and positive deltas warm the image (lower measured CCT).
+    Raises ValueError unless TEMPERATURE_DELTA_MIN <= delta_mired <= TEMPERATURE_DELTA_MAX.
     """
+    if not TEMPERATURE_DELTA_MIN <= delta_mired <= TEMPERATURE_DELTA_MAX:
+        raise ValueError(
+            f"temperature delta_mired={delta_mired!r} is out of range; use a value in "
+            f"[{TEMPERATURE_DELTA_MIN:.2f}, {TEMPERATURE_DELTA_MAX:.2f}] mired (target white "
+            f"{TEMPERATURE_CCT_MAX:.0f} K to {TEMPERATURE_CCT_MIN:.0f} K on the daylight locus)"
+        )
     target_cct = 1e6 / (1e6 / NEUTRAL_CCT + delta_mired)
     source = BRADFORD @ xy_to_white(*daylight_xy(NEUTRAL_CCT))
     target = BRADFORD @ xy_to_white(*daylight_xy(target_cct))

@@ -32,8 +32,8 @@ def linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
 
 def lab_f(t: torch.Tensor) -> torch.Tensor:
     # Below epsilon the CIE function is the tangent line delta + slope * (t - epsilon); above it the cube root.
-    cube_root = t.clamp_min(colour.LAB_EPSILON).pow(1.0 / 3.0)
-    return cube_root + (colour.LAB_SLOPE * (t - colour.LAB_EPSILON)).clamp_max(0.0)
+    cube_root = t.clamp_min(colour.LAB_EPSILON).pow_(1.0 / 3.0)
+    return (t - colour.LAB_EPSILON).clamp_max_(0.0).mul_(colour.LAB_SLOPE).add_(cube_root)
 
 
 def lab_f_inverse(f: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ NUM_STATS = len(STAT_NAMES)
 NEUTRAL_WHITE_CCT = colour.mccamy_cct(*(colour.WHITE_D65[:2] / colour.WHITE_D65.sum()))
 
 # Pixels per tile of the CPU path: small enough that a tile's float32 intermediates stay in L2.
-CPU_TILE_PIXELS = 1 << 15
+CPU_TILE_PIXELS = 1 << 16
 
 
 def cct_reference(mean_xyz: np.ndarray) -> float:
@@ -77,39 +77,51 @@ def _uint8_linear_table(device: torch.device) -> torch.Tensor:
     return torch.as_tensor(colour.srgb_to_linear(np.arange(256) / 255.0), dtype=torch.float32, device=device)
 
 
-def block_stats_torch(images: torch.Tensor, tile_pixels: int = CPU_TILE_PIXELS) -> torch.Tensor:
+def block_stats_torch(
+    images: torch.Tensor,
+    tile_pixels: int | None = None,
+    *,
+    linear_matrix: torch.Tensor | None = None,
+    upper: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-tile statistics [B, num_tiles, NUM_STATS] of validated images [B, 3, H, W], in float32.
 
     Works tile by tile over the flattened pixels of the whole batch so that every intermediate of a tile stays
-    in cache: one pass over the image in memory instead of one per elementwise operation.
+    in cache: one pass over the image in memory instead of one per elementwise operation. With
+    ``linear_matrix`` [B, 3, 3] and ``upper`` [B] each pixel's linear RGB first becomes
+    ``clamp(linear_matrix @ rgb, 0, upper)``, the contract of ``spc_fast.kernels.photometric_stats``.
     """
     batch = images.shape[0]
     if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
         pixels = images.permute(0, 2, 3, 1).flatten(1, 2).transpose(1, 2)  # [B, 3, P], a strided view
     else:
         pixels = images.flatten(2)  # [B, 3, P]
-    num_pixels = pixels.shape[-1]
-    table = _uint8_linear_table(images.device) if images.dtype == torch.uint8 else None
-    rgb_to_xyz = torch.as_tensor(colour.RGB_TO_XYZ, dtype=torch.float32, device=images.device)
+    device = images.device
+    table = _uint8_linear_table(device) if images.dtype == torch.uint8 else None
+    rgb_to_xyz = torch.as_tensor(colour.RGB_TO_XYZ, dtype=torch.float32, device=device)
     to_xyz_scaled = rgb_to_xyz / rgb_to_xyz.new_tensor(colour.WHITE_D65)[:, None]
-    fxyz_to_ab = torch.tensor([[500.0, -500.0, 0.0], [0.0, 200.0, -200.0]], device=images.device)
+    if tile_pixels is None:  # cache-sized tiles on the CPU; one tile per batch on an accelerator
+        tile_pixels = CPU_TILE_PIXELS if images.device.type == "cpu" else images[:, 0].numel()
     per_tile = max(1, tile_pixels // batch)
     rows = []
-    for start in range(0, num_pixels, per_tile):
+    for start in range(0, pixels.shape[-1], per_tile):
         tile = pixels[:, :, start : start + per_tile]  # [B, 3, T]
         if table is not None:
-            linear = table[tile.int()]
+            linear = table.index_select(0, tile.reshape(-1).long()).view(tile.shape)
         else:
             linear = colour_torch.srgb_to_linear(tile.float())
-        f = colour_torch.lab_f(torch.matmul(to_xyz_scaled, linear))  # [B, 3, T]: f(X/Xn), f(Y/Yn), f(Z/Zn)
-        lightness = 116.0 * f[:, 1] - 16.0  # [B, T]
-        mean_l = lightness.mean(1)
-        deviation = lightness - mean_l[:, None]
-        m2_l = torch.linalg.vecdot(deviation, deviation)
-        chroma = torch.linalg.vector_norm(torch.matmul(fxyz_to_ab, f), dim=1)  # [B, T]
+        if linear_matrix is not None:
+            linear = torch.minimum(torch.matmul(linear_matrix, linear).clamp_min(0.0), upper[:, None, None])
+        fx, fy, fz = colour_torch.lab_f(torch.matmul(to_xyz_scaled, linear)).unbind(1)  # [B, T] each
+        # L* = 116 fy - 16, so its mean and M2 follow from those of fy.
+        mean_fy = fy.mean(1)
+        deviation = fy - mean_fy[:, None]
+        m2_fy = torch.linalg.vecdot(deviation, deviation)
+        chroma = torch.hypot(500.0 * (fx - fy), 200.0 * (fy - fz))
         sum_xyz = linear.sum(-1) @ rgb_to_xyz.T  # [B, 3]
-        count = torch.full_like(mean_l, tile.shape[-1])
-        rows.append(torch.cat([torch.stack([count, mean_l, m2_l, chroma.sum(1)], 1), sum_xyz], 1))
+        count = torch.full_like(mean_fy, tile.shape[-1])
+        lightness_stats = [count, 116.0 * mean_fy - 16.0, 116.0**2 * m2_fy, chroma.sum(1)]
+        rows.append(torch.cat([torch.stack(lightness_stats, 1), sum_xyz], 1))
     return torch.stack(rows, dim=1)
 
 

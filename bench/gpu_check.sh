@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one prepared GPU check (fits in 8 minutes on an H100/H200): installs the wheels the device lacks and the
+# project, runs the GPU-only tests (Triton compiled for real, not interpreted), then the benchmarks.
+# Writes $OUT/gpu_check.log, $OUT/gpu_tests.xml and $OUT/bench.json.
+#
+# Here, once:   ../shared/device/pack-wheels.sh
+# Device call:  run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0 HF_HUB_OFFLINE=1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+
+status=0
+echo "== GPU tests (compiled Triton) =="
+timeout 200 python3 -m pytest -q -m gpu tests --junitxml="$OUT/gpu_tests.xml" -p no:cacheprovider || status=1
+echo "== benchmarks =="
+timeout 260 python3 -m spc_fast.bench --json "$OUT/bench.json" || status=1
+exit $status

@@ -1,0 +1,55 @@
+"""Command line of the benchmarks: ``spc-fast bench [--json FILE] [--only NAME] [--quick] [--device DEV]``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+import torch
+
+from spc_fast.bench import harness
+
+# name -> module under spc_fast.bench with run(device, quick) -> list[Row] and BASELINES
+BENCHMARKS = ("photometric", "retouch")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="spc-fast bench", description=__doc__)
+    parser.add_argument("--json", metavar="FILE", help="also write the rows and the environment as JSON")
+    parser.add_argument("--only", action="append", choices=BENCHMARKS, help="run only this benchmark (repeatable)")
+    parser.add_argument("--quick", action="store_true", help="small shapes and no torch.compile: a smoke run")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-copy-bw", action="store_true", help="skip measuring the copy bandwidth")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    env = harness.environment(device)
+    copy_gbps = None if args.no_copy_bw else harness.copy_bandwidth(device, mib=64 if args.quick else 512)
+    env["copy_bandwidth_gb_per_s"] = copy_gbps
+    config = {k: v for k, v in vars(args).items()}
+    print(f"device: {env['device']}  copy bandwidth: {copy_gbps and round(copy_gbps, 1)} GB/s  "
+          f"commit: {env['git_commit']}  config: {config}", flush=True)
+
+    rows: list[harness.Row] = []
+    for name in args.only or BENCHMARKS:
+        module = importlib.import_module(f"spc_fast.bench.{name}")
+        bench_rows = module.run(device, quick=args.quick)
+        harness.fill_ratios(bench_rows, module.BASELINES)
+        print(f"{name}: error column = {module.ERROR_KIND}")
+        rows += bench_rows
+    for row in rows:
+        if copy_gbps and row.gb_per_s is not None:
+            row.fraction_of_copy_bw = row.gb_per_s / copy_gbps
+    print(harness.format_table(rows))
+    if args.json:
+        harness.write_json(args.json, env, config, rows)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Fused per-block photometric statistics: one read of an sRGB image -> Lab -> mean/M2 of L*, sums of C*, XYZ.
+
+Kernel -> launcher -> ``torch.library`` op ``spc_fast::photometric_stats`` (with a fake) -> torch reference
+(``spc_fast.photometric.block_stats_torch``). The output rows follow ``photometric.STAT_NAMES`` and are
+combined into attributes by ``photometric.finalize``.
+
+Grid: (pixel block, image). Each program owns ``chunks`` consecutive BLOCK-wide chunks of one image's pixels
+and keeps one running (count, mean, M2) of L* per lane (Welford), merged across lanes at the end with Chan's
+formula, so the variance never goes through the cancelling sum-of-squares form.
+
+Cube root: two variants behind the ``CBRT_NEWTON`` flag, both within 4 ulp of the float32 cube root.
+- Newton (default): a bit-level guess of t^(-1/3), two Newton steps, one polishing step on y^3 = t;
+  ~18 FMA-pipe instructions per channel and no special-function (MUFU) op.
+- exp2(log2(t) / 3): on NVIDIA ``tl.log2`` compiles to libdevice's software log2f (no MUFU.LG2), so this
+  variant costs more instructions as well as three MUFU.EX2 per pixel.
+SASS for sm_90 (BLOCK 1024, 8 warps, ptxas of the Triton wheel), loop body per pixel: Newton 136 instructions
+and 1 MUFU op (uint8), 225 and 4 (float32, bfloat16); exp2/log2 160 and 4, 245 and 7; the pre-transform adds
+~20 instructions. At 128 issued instructions per clock per SM the kernel is issue-bound, not memory-bound, on
+an H100. ``launch(..., cbrt_newton=False)`` selects the other variant for benchmarking.
+"""
+
+import functools
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from spc_fast import colour
+from spc_fast.kernels.dispatch import interpreting, use_triton
+from spc_fast.photometric import NUM_STATS, _uint8_linear_table
+
+# Linear RGB -> (X/Xn, Y/Yn, Z/Zn): the D65 white division is folded into the rows of the matrix.
+_XYZ_SCALED = colour.RGB_TO_XYZ / colour.WHITE_D65[:, None]
+XR = tl.constexpr(float(_XYZ_SCALED[0, 0]))
+XG = tl.constexpr(float(_XYZ_SCALED[0, 1]))
+XB = tl.constexpr(float(_XYZ_SCALED[0, 2]))
+YR = tl.constexpr(float(_XYZ_SCALED[1, 0]))
+YG = tl.constexpr(float(_XYZ_SCALED[1, 1]))
+YB = tl.constexpr(float(_XYZ_SCALED[1, 2]))
+ZR = tl.constexpr(float(_XYZ_SCALED[2, 0]))
+ZG = tl.constexpr(float(_XYZ_SCALED[2, 1]))
+ZB = tl.constexpr(float(_XYZ_SCALED[2, 2]))
+WHITE_X = tl.constexpr(float(colour.WHITE_D65[0]))
+WHITE_Z = tl.constexpr(float(colour.WHITE_D65[2]))
+
+SRGB_BREAK = tl.constexpr(colour.SRGB_BREAK)
+LAB_EPSILON = tl.constexpr(colour.LAB_EPSILON)
+LAB_SLOPE = tl.constexpr(colour.LAB_SLOPE)
+LAB_OFFSET = tl.constexpr(colour.LAB_OFFSET)
+
+CBRT_NEWTON = True
+
+# H100: 132 SMs. BLOCK 1024 over 8 warps is 4 pixels per thread at 64 registers (80 with the pre-transform):
+# 3-4 programs resident per SM. At least 16 programs per SM (>= 4 waves) keeps the last partial wave cheap,
+# and large images still give each program several chunks, which amortises its final reduction.
+GPU_BLOCK = 1024
+GPU_NUM_WARPS = 8
+GPU_MIN_PROGRAMS = 16 * 132
+MAX_CHUNKS = 32
+# The interpreter runs programs one after another with numpy per op: wide blocks, few programs.
+INTERPRET_BLOCK = 1 << 16
+INTERPRET_MIN_PROGRAMS = 8
+
+
+@triton.jit
+def _cbrt_newton(t):
+    # t >= LAB_EPSILON (normal, positive): FMA-pipe-only cube root.
+    bits = t.to(tl.uint32, bitcast=True)
+    # The exponent field is a log2, so bits(t^(-1/3)) ~ K - bits(t) / 3; K = 0x54A232A3 minimises the worst
+    # relative error of the guess over [LAB_EPSILON, 8] (3.4e-2).
+    r = (0x54A232A3 - bits // 3).to(tl.float32, bitcast=True)
+    minus_t_third = t * (-1.0 / 3.0)
+    # Newton on r^-3 = t: r <- r (4 - t r^3) / 3; relative error 3.4e-2 -> 2e-3 -> 1e-5
+    r = r * tl.fma(minus_t_third, r * r * r, 4.0 / 3.0)
+    r = r * tl.fma(minus_t_third, r * r * r, 4.0 / 3.0)
+    r2 = r * r  # ~ t^(-2/3) = 1 / cbrt(t)^2
+    y = t * r2  # cbrt(t) = t * t^(-2/3)
+    # Newton on y^3 = t with 1 / (3 y^2) ~ r^2 / 3: y <- y - (y^3 - t) r^2 / 3, to float32 rounding
+    return tl.fma(tl.fma(y * y, y, -t), r2 * (-1.0 / 3.0), y)
+
+
+@triton.jit
+def _lab_f(t, CBRT_NEWTON: tl.constexpr):
+    # CIE f(t) = t^(1/3) above (6/29)^3, t / (3 (6/29)^2) + 4/29 below; the root sees the clamped argument.
+    # exp2 variant: t^(1/3) = 2^(log2(t) / 3).
+    safe = tl.maximum(t, LAB_EPSILON)
+    cube_root = _cbrt_newton(safe) if CBRT_NEWTON else tl.exp2(tl.log2(safe) * (1.0 / 3.0))
+    return tl.where(t > LAB_EPSILON, cube_root, t * LAB_SLOPE + LAB_OFFSET)
+
+
+@triton.jit
+def _decode(ptr, mask, table_ptr, IS_UINT8: tl.constexpr):
+    # sRGB code value -> linear RGB (float32). Masked lanes load 0, which decodes to exactly 0.
+    if IS_UINT8:
+        code = tl.load(ptr, mask=mask, other=0).to(tl.int32)
+        linear = tl.load(table_ptr + code)  # table[q] = linearise(q / 255), 256 float32 in L1
+    else:
+        c = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)  # upcast before any arithmetic (bf16, fp16)
+        # c <= 0.04045: c / 12.92, else ((c + 0.055) / 1.055)^2.4 = 2^(2.4 log2(...)), argument >= 0.052
+        curve = tl.exp2(2.4 * tl.log2(c * (1.0 / 1.055) + 0.055 / 1.055))
+        linear = tl.where(c <= SRGB_BREAK, c * (1.0 / 12.92), curve)
+    return linear
+
+
+@triton.jit
+def _photometric_stats_kernel(
+    image_ptr,  # [B, 3, H, W] any strides for which the H*W pixels sit at a constant pixel stride
+    table_ptr,  # [256] float32 linearised uint8 codes
+    matrix_ptr,  # [B, 3, 3] float32 pre-transform of linear RGB (read only when HAS_TRANSFORM)
+    upper_ptr,  # [B] float32 upper clamp of the pre-transform (read only when HAS_TRANSFORM)
+    out_ptr,  # [B, NB, 7] float32 per-block statistics, photometric.STAT_NAMES order
+    num_pixels,  # H * W
+    pixels_per_program,  # chunks * BLOCK
+    num_chunks,
+    stride_b,
+    stride_c,
+    stride_p,
+    IS_UINT8: tl.constexpr,
+    HAS_TRANSFORM: tl.constexpr,
+    CBRT_NEWTON: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    img = tl.program_id(1)
+    base = image_ptr + img.to(tl.int64) * stride_b
+    start = pid * pixels_per_program
+    lanes = tl.arange(0, BLOCK)
+    if HAS_TRANSFORM:
+        mat = matrix_ptr + img * 9
+        m00, m01, m02 = tl.load(mat + 0), tl.load(mat + 1), tl.load(mat + 2)
+        m10, m11, m12 = tl.load(mat + 3), tl.load(mat + 4), tl.load(mat + 5)
+        m20, m21, m22 = tl.load(mat + 6), tl.load(mat + 7), tl.load(mat + 8)
+        upper = tl.load(upper_ptr + img)
+
+    count = tl.zeros([BLOCK], tl.float32)  # per lane: pixels seen, running mean and M2 of L*
+    mean = tl.zeros([BLOCK], tl.float32)
+    m2 = tl.zeros([BLOCK], tl.float32)
+    sum_chroma = tl.zeros([BLOCK], tl.float32)
+    sum_x = tl.zeros([BLOCK], tl.float32)  # sums of X/Xn, Y/Yn, Z/Zn
+    sum_y = tl.zeros([BLOCK], tl.float32)
+    sum_z = tl.zeros([BLOCK], tl.float32)
+    n = 0.0
+    for k in range(0, num_chunks):
+        pixel = start + k * BLOCK + lanes
+        mask = pixel < num_pixels
+        offset = pixel * stride_p
+        r = _decode(base + offset, mask, table_ptr, IS_UINT8)
+        g = _decode(base + stride_c + offset, mask, table_ptr, IS_UINT8)
+        b = _decode(base + 2 * stride_c + offset, mask, table_ptr, IS_UINT8)
+        if HAS_TRANSFORM:
+            # lin <- clamp(M lin, 0, upper); masked lanes forced back to 0 whatever M and upper are
+            r1 = tl.minimum(tl.maximum(m00 * r + m01 * g + m02 * b, 0.0), upper)
+            g1 = tl.minimum(tl.maximum(m10 * r + m11 * g + m12 * b, 0.0), upper)
+            b1 = tl.minimum(tl.maximum(m20 * r + m21 * g + m22 * b, 0.0), upper)
+            r = tl.where(mask, r1, 0.0)
+            g = tl.where(mask, g1, 0.0)
+            b = tl.where(mask, b1, 0.0)
+        x = r * XR + g * XG + b * XB  # X / Xn
+        y = r * YR + g * YG + b * YB  # Y / Yn (Yn = 1)
+        z = r * ZR + g * ZG + b * ZB  # Z / Zn
+        fx = _lab_f(x, CBRT_NEWTON)
+        fy = _lab_f(y, CBRT_NEWTON)
+        fz = _lab_f(z, CBRT_NEWTON)
+        lightness = 116.0 * fy - 16.0  # L*
+        a = 500.0 * (fx - fy)  # a*
+        bb = 200.0 * (fy - fz)  # b*
+        # Masked lanes have r = g = b = 0, so x = y = z = 0, fx = fy = fz and C* = 0: sums need no mask.
+        sum_chroma += tl.sqrt(a * a + bb * bb)  # C* = sqrt(a*^2 + b*^2)
+        sum_x += x
+        sum_y += y
+        sum_z += z
+        # Welford per lane. Lane validity only ends (pixels grow with k), so every valid lane has seen exactly
+        # k + 1 pixels: the 1 / count of the update is one scalar per chunk.
+        n += 1.0
+        delta = lightness - mean
+        new_mean = mean + delta * (1.0 / n)  # mean_k = mean_{k-1} + (L - mean_{k-1}) / k
+        new_m2 = m2 + delta * (lightness - new_mean)  # M2_k = M2_{k-1} + (L - mean_{k-1}) (L - mean_k)
+        mean = tl.where(mask, new_mean, mean)
+        m2 = tl.where(mask, new_m2, m2)
+        count += mask.to(tl.float32)
+
+    # Chan et al. across lanes: N = sum n_i, mean = sum n_i mean_i / N,
+    # M2 = sum M2_i + sum n_i (mean_i - mean)^2; lanes that saw nothing have n_i = mean_i = 0 and drop out.
+    total = tl.sum(count, axis=0)
+    block_mean = tl.sum(count * mean, axis=0) / total
+    spread = mean - block_mean
+    block_m2 = tl.sum(m2, axis=0) + tl.sum(count * spread * spread, axis=0)
+
+    out = out_ptr + (img * tl.num_programs(0) + pid) * 7
+    tl.store(out + 0, total)
+    tl.store(out + 1, block_mean)
+    tl.store(out + 2, block_m2)
+    tl.store(out + 3, tl.sum(sum_chroma, axis=0))
+    tl.store(out + 4, tl.sum(sum_x, axis=0) * WHITE_X)  # X = (X/Xn) Xn
+    tl.store(out + 5, tl.sum(sum_y, axis=0))
+    tl.store(out + 6, tl.sum(sum_z, axis=0) * WHITE_Z)
+
+
+class LaunchConfig(NamedTuple):
+    block: int  # pixels per chunk (lanes of a program)
+    chunks: int  # chunks per program
+    num_warps: int
+
+
+def _block_and_min_programs() -> tuple[int, int]:
+    if interpreting():
+        return INTERPRET_BLOCK, INTERPRET_MIN_PROGRAMS
+    return GPU_BLOCK, GPU_MIN_PROGRAMS
+
+
+def _chunks(num_pixels):
+    block, min_programs = _block_and_min_programs()
+    return max(1, min(MAX_CHUNKS, num_pixels // (block * min_programs)))
+
+
+def num_blocks(height, width):
+    """Rows of the output per image: a pure function of the image size (the fake implementation uses it)."""
+    num_pixels = height * width
+    block, _ = _block_and_min_programs()
+    return (num_pixels + block * _chunks(num_pixels) - 1) // (block * _chunks(num_pixels))
+
+
+def launch_config(num_pixels: int) -> LaunchConfig:
+    """Block size, chunks per program and warps for images of ``num_pixels`` pixels."""
+    block, _ = _block_and_min_programs()
+    if interpreting():
+        # Same number of programs as with the full block (one, for images up to INTERPRET_BLOCK pixels).
+        return LaunchConfig(min(block, triton.next_power_of_2(num_pixels)), _chunks(num_pixels), 1)
+    return LaunchConfig(block, _chunks(num_pixels), GPU_NUM_WARPS)
+
+
+@functools.cache
+def _table(device: torch.device) -> torch.Tensor:
+    return _uint8_linear_table(device)
+
+
+def _pixel_view(images: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The images and the stride between consecutive pixels of the flattened H*W plane."""
+    _, _, height, width = images.shape
+    stride_h, stride_w = images.stride(2), images.stride(3)
+    if width == 1:
+        return images, stride_h
+    if height == 1 or stride_h == width * stride_w:
+        return images, stride_w  # NCHW-contiguous (stride 1) and channels_last (stride 3) both land here
+    images = images.contiguous()
+    return images, 1
+
+
+def launch(
+    images: torch.Tensor,
+    linear_matrix: torch.Tensor | None = None,
+    upper: torch.Tensor | None = None,
+    *,
+    config: LaunchConfig | None = None,
+    cbrt_newton: bool = CBRT_NEWTON,
+) -> torch.Tensor:
+    """Run the kernel on validated images [B, 3, H, W]; ``config`` and ``cbrt_newton`` override defaults."""
+    batch, _, height, width = images.shape
+    num_pixels = height * width
+    config = config or launch_config(num_pixels)
+    images, stride_p = _pixel_view(images)
+    if max(abs(stride_p) * num_pixels, 3 * abs(images.stride(1))) >= 2**31:
+        raise ValueError(
+            f"image of {height} x {width} pixels is too large for 32-bit offsets; measure it in tiles and "
+            "combine the partial statistics with photometric.finalize"
+        )
+    pixels_per_program = config.block * config.chunks
+    blocks = triton.cdiv(num_pixels, pixels_per_program)
+    out = torch.empty((batch, blocks, NUM_STATS), dtype=torch.float32, device=images.device)
+    table = _table(images.device)
+    has_transform = linear_matrix is not None
+    matrix = linear_matrix.contiguous() if has_transform else table
+    upper = upper.contiguous() if has_transform else table
+    _photometric_stats_kernel[(blocks, batch)](
+        images,
+        table,
+        matrix,
+        upper,
+        out,
+        num_pixels,
+        pixels_per_program,
+        config.chunks,
+        images.stride(0),
+        images.stride(1),
+        stride_p,
+        IS_UINT8=images.dtype == torch.uint8,
+        HAS_TRANSFORM=has_transform,
+        CBRT_NEWTON=cbrt_newton,
+        BLOCK=config.block,
+        num_warps=config.num_warps,
+    )
+    return out
+
+
+@torch.library.custom_op("spc_fast::photometric_stats", mutates_args=())
+def _photometric_stats_op(
+    images: torch.Tensor, linear_matrix: torch.Tensor | None, upper: torch.Tensor | None
+) -> torch.Tensor:
+    return launch(images, linear_matrix, upper)
+
+
+@_photometric_stats_op.register_fake
+def _(images: torch.Tensor, linear_matrix: torch.Tensor | None, upper: torch.Tensor | None) -> torch.Tensor:
+    batch, _, height, width = images.shape
+    return images.new_empty((batch, num_blocks(height, width), NUM_STATS), dtype=torch.float32)
+
+
+def eligible(images: torch.Tensor) -> bool:
+    """Whether the Triton kernel handles these images (CUDA, or CPU under the interpreter): ``use_triton``."""
+    return use_triton(images)
+
+
+def _check_transform(images: torch.Tensor, linear_matrix: torch.Tensor | None, upper: torch.Tensor | None):
+    if (linear_matrix is None) != (upper is None):
+        raise ValueError(
+            "linear_matrix and upper go together: pass both (a [B, 3, 3] matrix and [B] clamps) or neither"
+        )
+    if linear_matrix is None:
+        return
+    batch = images.shape[0]
+    for name, tensor, shape in (("linear_matrix", linear_matrix, (batch, 3, 3)), ("upper", upper, (batch,))):
+        if tuple(tensor.shape) != shape or tensor.dtype != torch.float32 or tensor.device != images.device:
+            raise ValueError(
+                f"{name} must be float32 of shape {shape} on {images.device}, got {tensor.dtype} "
+                f"{tuple(tensor.shape)} on {tensor.device}; use torch.as_tensor(..., dtype=torch.float32)"
+            )
+
+
+def photometric_stats(
+    images: torch.Tensor, linear_matrix: torch.Tensor | None = None, upper: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-block statistics [B, NB, 7] (photometric.STAT_NAMES) of validated sRGB images [B, 3, H, W].
+
+    images: uint8 or float16/bfloat16/float32/float64 in [0, 1] (``images.check_batch``), any memory format.
+    With ``linear_matrix`` [B, 3, 3] and ``upper`` [B] (float32, upper >= 0) every pixel's linear RGB becomes
+    ``clamp(linear_matrix[b] @ rgb, 0, upper[b])`` before anything is measured. NB = ``num_blocks(H, W)``.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected (B, 3, H, W) images, got shape {tuple(images.shape)}; validate with images.check_batch"
+        )
+    _check_transform(images, linear_matrix, upper)
+    return _photometric_stats_op(images, linear_matrix, upper)

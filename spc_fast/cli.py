@@ -1,0 +1,195 @@
+"""The ``spc-fast`` command line: ``analyze``, ``retouch`` and ``bench``.
+
+argparse lives here and only here; each subcommand maps its flags onto the library's public functions.
+Heavy modules (torch, the image I/O, the benchmarks) are imported inside the subcommand that needs them, so
+``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+logger = logging.getLogger("spc_fast")
+
+PROG = "spc-fast"
+_COLUMNS = (
+    ("exposure", "exposure"),
+    ("contrast", "contrast"),
+    ("saturation", "saturation"),
+    ("cct", "cct (K)"),
+)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("spc-fast")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="SmartPhotoCrafter, fast: measure and retouch photographs."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what runs and why")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = commands.add_parser(
+        "analyze", help="print the photometric attributes of images", description=_analyze.__doc__
+    )
+    analyze.add_argument("images", nargs="+", type=Path, metavar="IMG")
+    analyze.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    analyze.set_defaults(run=_analyze)
+
+    retouch = commands.add_parser(
+        "retouch", help="apply rule-based tone/colour edits to one image", description=_retouch.__doc__
+    )
+    retouch.add_argument("input", type=Path, metavar="IN")
+    retouch.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
+    retouch.add_argument("--exposure", type=float, default=0.0, metavar="EV", help="stops (default 0)")
+    retouch.add_argument(
+        "--contrast", type=float, default=1.0, metavar="C", help="L* stretch, > 0 (default 1)"
+    )
+    retouch.add_argument(
+        "--saturation", type=float, default=1.0, metavar="S", help="chroma scale, >= 0 (default 1)"
+    )
+    retouch.add_argument(
+        "--temperature", type=float, default=0.0, metavar="MIRED", help="mired shift, + is warmer (default 0)"
+    )
+    retouch.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    retouch.set_defaults(run=_retouch)
+
+    commands.add_parser(
+        "bench", help="run the benchmarks (all further arguments go to the benchmark runner)", add_help=False
+    )
+    return parser
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    """Load each image and print its photometric attributes (exposure = mean L*, contrast = std of L*,
+    saturation = mean chroma, cct in kelvin). A file that fails is reported at the end; the rest still run."""
+    from spc_fast import photometric
+    from spc_fast.io import load_tensor
+
+    rows, failures = [], []
+    for path in args.images:
+        try:
+            image = load_tensor(path)
+            values = photometric.attributes(image).tolist()
+        except ValueError as error:
+            failures.append(str(error))
+            continue
+        attributes = dict(zip(photometric.ATTRIBUTE_NAMES, values, strict=True))
+        rows.append(
+            {"file": str(path), "width": image.shape[2], "height": image.shape[1], "attributes": attributes}
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        print(_table(rows))
+    for failure in failures:
+        print(f"{PROG}: error: {failure}", file=sys.stderr)
+    if failures:
+        print(f"{PROG}: {len(failures)} of {len(args.images)} images failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _format_attributes(attributes: dict[str, float]) -> list[str]:
+    return [f"{attributes[name]:.0f}" if name == "cct" else f"{attributes[name]:.2f}" for name, _ in _COLUMNS]
+
+
+def _table(rows: list[dict]) -> str:
+    header = ["file", "size", *(title for _, title in _COLUMNS)]
+    body = [
+        [row["file"], f"{row['width']}x{row['height']}", *_format_attributes(row["attributes"])]
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = []
+    for line in [header, *body]:
+        cells = [
+            cell.ljust(w) if i < 2 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _retouch(args: argparse.Namespace) -> int:
+    """Apply exposure (EV), contrast, saturation and temperature (mired) edits to IN and write OUT, keeping
+    IN's EXIF (orientation reset) and writing an sRGB profile when IN had one. 16-bit sources are processed in
+    float32 and written as 16-bit when OUT is a PNG, as 8-bit otherwise."""
+    import torch
+
+    from spc_fast import io, photometric, retouch
+
+    io.check_output_path(args.output, source=args.input, overwrite=args.overwrite)
+    image = io.load_tensor(args.input)
+    edited = retouch.apply(
+        image.unsqueeze(0),
+        exposure=args.exposure,
+        contrast=args.contrast,
+        saturation=args.saturation,
+        temperature=args.temperature,
+    )[0]
+    bit_depth = 16 if image.is_floating_point() and args.output.suffix.lower() == ".png" else 8
+    if image.is_floating_point() and bit_depth == 8:
+        logger.info("%s: 16-bit source written as 8-bit (16-bit output needs a .png name)", args.output)
+    io.save_image(args.output, edited, source=args.input, overwrite=args.overwrite, bit_depth=bit_depth)
+    before, after = photometric.attributes(torch.stack([image, edited])).tolist()
+    print(_comparison(dict(zip(photometric.ATTRIBUTE_NAMES, zip(before, after, strict=True), strict=True))))
+    print(f"wrote {args.output} ({bit_depth}-bit)")
+    return 0
+
+
+def _comparison(pairs: dict[str, tuple[float, float]]) -> str:
+    width = max(len(title) for _, title in _COLUMNS)
+    lines = [f"{'':<{width}}  {'before':>10}  {'after':>10}"]
+    for name, title in _COLUMNS:
+        digits = 0 if name == "cct" else 2
+        before, after = pairs[name]
+        lines.append(f"{title:<{width}}  {before:>10.{digits}f}  {after:>10.{digits}f}")
+    return "\n".join(lines)
+
+
+def _bench(argv: list[str]) -> int:
+    from spc_fast.bench import runner
+
+    return runner.main(argv)
+
+
+def _split_bench(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Everything after ``bench`` goes to the benchmark runner as is (argparse would reorder its flags)."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            return (argv[: i + 1], argv[i + 1 :]) if arg == "bench" else (argv, None)
+    return argv, None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``spc-fast`` and ``python -m spc_fast``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, bench_argv = _split_bench(argv)
+    args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        if bench_argv is not None:
+            return _bench(bench_argv)
+        return args.run(args)
+    except ValueError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)

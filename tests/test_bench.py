@@ -1,0 +1,39 @@
+"""The benchmark harness: row schema, ratios against same-run baselines, JSON output (a quick smoke run)."""
+
+import json
+
+import pytest
+
+from spc_fast.bench import harness, runner
+
+
+def test_fill_ratios_divides_baseline_p50_by_row_p50():
+    rows = [
+        harness.Row(bench="b", case="c", provider="base", p20_ms=9, p50_ms=10, p80_ms=11),
+        harness.Row(bench="b", case="c", provider="ours", p20_ms=1, p50_ms=2, p80_ms=3),
+        harness.Row(bench="b", case="other", provider="ours", p20_ms=1, p50_ms=2, p80_ms=3),
+    ]
+    harness.fill_ratios(rows, ("base",))
+    assert rows[1].speedup_vs == {"base": 5.0}
+    assert rows[0].speedup_vs == {} and rows[2].speedup_vs == {}
+
+
+def test_measure_reports_ordered_quantiles():
+    import torch
+
+    p20, p50, p80 = harness.measure(lambda: sum(range(1000)), torch.device("cpu"), min_reps=5, budget_s=0.01)
+    assert 0 < p20 <= p50 <= p80
+
+
+@pytest.mark.slow
+def test_quick_photometric_run_writes_rows_with_errors_and_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    assert runner.main(["--only", "photometric", "--quick", "--no-copy-bw", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert payload["environment"]["versions"]["torch"]
+    rows = payload["rows"]
+    providers = {r["provider"] for r in rows}
+    assert {"numpy-reference", "kornia", "spc-fast torch"} <= providers
+    ours = [r for r in rows if r["provider"] == "spc-fast torch"]
+    assert all(r["max_error"] < 1e-4 for r in ours)
+    assert all("kornia" in r["speedup_vs"] for r in ours)
