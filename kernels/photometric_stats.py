@@ -19,7 +19,6 @@ and 1 MUFU op (uint8), 225 and 4 (float32, bfloat16); exp2/log2 160 and 4, 245 a
 an H100. ``launch(..., cbrt_newton=False)`` selects the other variant for benchmarking.
 """
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -27,8 +26,9 @@ import triton
 import triton.language as tl
 
 from spc_fast import colour
+from spc_fast.colour_torch import uint8_linear_table
 from spc_fast.kernels.dispatch import interpreting, use_triton
-from spc_fast.photometric import NUM_STATS, _uint8_linear_table
+from spc_fast.photometric import NUM_STATS
 
 # Linear RGB -> (X/Xn, Y/Yn, Z/Zn): the D65 white division is folded into the rows of the matrix.
 _XYZ_SCALED = colour.RGB_TO_XYZ / colour.WHITE_D65[:, None]
@@ -230,11 +230,6 @@ def launch_config(num_pixels: int) -> LaunchConfig:
     return LaunchConfig(block, _chunks(num_pixels), GPU_NUM_WARPS)
 
 
-@functools.cache
-def _table(device: torch.device) -> torch.Tensor:
-    return _uint8_linear_table(device)
-
-
 def _pixel_view(images: torch.Tensor) -> tuple[torch.Tensor, int]:
     """The images and the stride between consecutive pixels of the flattened H*W plane."""
     _, _, height, width = images.shape
@@ -268,7 +263,7 @@ def launch(
     pixels_per_program = config.block * config.chunks
     blocks = triton.cdiv(num_pixels, pixels_per_program)
     out = torch.empty((batch, blocks, NUM_STATS), dtype=torch.float32, device=images.device)
-    table = _table(images.device)
+    table = uint8_linear_table(torch.float32, images.device)
     has_transform = linear_matrix is not None
     matrix = linear_matrix.contiguous() if has_transform else table
     upper = upper.contiguous() if has_transform else table

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from spc_fast import colour
+from spc_fast.colour_torch import uint8_linear_table
 
 BLOCK_PIXELS = 1024
 NUM_WARPS = 4
@@ -41,7 +42,6 @@ _LAB_MATRICES = np.concatenate(
     ]
 )
 # sRGB value k / 255 -> linear, the decode table of uint8 inputs.
-_UINT8_TO_LINEAR = colour.srgb_to_linear(np.arange(256) / 255.0)
 
 
 @triton.jit
@@ -199,7 +199,7 @@ def _retouch_chain_kernel(
 def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # uploaded once per device: a host -> device copy per launch would stall the stream
     f32 = dict(dtype=torch.float32, device=device)
-    return torch.as_tensor(_LAB_MATRICES, **f32), torch.as_tensor(_UINT8_TO_LINEAR, **f32)
+    return torch.as_tensor(_LAB_MATRICES, **f32), uint8_linear_table(torch.float32, device)
 
 
 def _flat(images: torch.Tensor) -> bool:

@@ -6,6 +6,9 @@ of the retouch operators. Computations run in the dtype of the input (float32 in
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 
 from spc_fast import colour
@@ -54,3 +57,9 @@ def lab_to_linear(lab: torch.Tensor) -> torch.Tensor:
     xyz_scaled = lab_f_inverse(torch.stack([fy + a / 500.0, fy, fy - b / 200.0], dim=1))
     from_xyz_scaled = constant(colour.XYZ_TO_RGB * colour.WHITE_D65[None, :], lab)
     return apply_matrix(from_xyz_scaled, xyz_scaled)
+
+
+@functools.cache
+def uint8_linear_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Linear value of each of the 256 sRGB uint8 codes: decoding a uint8 image is a table lookup."""
+    return torch.as_tensor(colour.srgb_to_linear(np.arange(256) / 255.0), dtype=dtype, device=device)

@@ -82,3 +82,14 @@ def from_unit_float(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     if dtype == torch.uint8:
         return (images * 255.0).round_().clamp_(0, 255).to(torch.uint8)
     return images.to(dtype)
+
+
+def is_channels_last(images: torch.Tensor) -> bool:
+    return images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+
+
+def pixel_view(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 3, P]: a view for NCHW and channels_last (strided), a copy for other layouts."""
+    if is_channels_last(images):
+        return images.permute(0, 2, 3, 1).flatten(1, 2).transpose(1, 2)
+    return images.flatten(2)

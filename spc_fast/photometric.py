@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from spc_fast import colour, colour_torch
-from spc_fast.images import check_batch, numpy_to_unit
+from spc_fast.images import check_batch, numpy_to_unit, pixel_view
 
 ATTRIBUTE_NAMES = ("exposure", "contrast", "saturation", "cct")
 NUM_ATTRIBUTES = len(ATTRIBUTE_NAMES)
@@ -56,6 +56,12 @@ def cct_from_xyz(mean_xyz: torch.Tensor) -> torch.Tensor:
     return torch.where(total < 1e-8, torch.full_like(cct, NEUTRAL_WHITE_CCT), cct)
 
 
+def mean_lightness(partials: torch.Tensor) -> torch.Tensor:
+    """Mean L* [B] (float64) from per-block statistics [B, NB, NUM_STATS] (retouch's contrast needs only this)."""
+    p = partials.double()
+    return (p[..., 0] * p[..., 1]).sum(1) / p[..., 0].sum(1)
+
+
 def finalize(partials: torch.Tensor) -> torch.Tensor:
     """Combine per-block statistics [B, NB, NUM_STATS] into attributes [B, 4] (float32).
 
@@ -65,16 +71,12 @@ def finalize(partials: torch.Tensor) -> torch.Tensor:
     p = partials.double()
     count, mean_l, m2_l = p[..., 0], p[..., 1], p[..., 2]
     n = count.sum(1)  # [B]
-    mean = (count * mean_l).sum(1) / n
+    mean = mean_lightness(p)
     m2 = m2_l.sum(1) + (count * (mean_l - mean[:, None]) ** 2).sum(1)
     sums = p[..., 3:].sum(1)  # [B, 4]: chroma, X, Y, Z
     cct = cct_from_xyz(sums[:, 1:] / n[:, None])
     out = torch.stack([mean, (m2 / n).clamp_min(0).sqrt(), sums[:, 0] / n, cct], dim=1)
     return out.float()
-
-
-def _uint8_linear_table(device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(colour.srgb_to_linear(np.arange(256) / 255.0), dtype=torch.float32, device=device)
 
 
 def block_stats_torch(
@@ -84,7 +86,9 @@ def block_stats_torch(
     linear_matrix: torch.Tensor | None = None,
     upper: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-tile statistics [B, num_tiles, NUM_STATS] of validated images [B, 3, H, W], in float32.
+    """Per-tile statistics [B, num_tiles, NUM_STATS] of validated images [B, 3, H, W].
+
+    Computed in float32 (float64 for float64 images, which the retouch reference tests rely on).
 
     Works tile by tile over the flattened pixels of the whole batch so that every intermediate of a tile stays
     in cache: one pass over the image in memory instead of one per elementwise operation. With
@@ -92,13 +96,13 @@ def block_stats_torch(
     ``clamp(linear_matrix @ rgb, 0, upper)``, the contract of ``spc_fast.kernels.photometric_stats``.
     """
     batch = images.shape[0]
-    if images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous():
-        pixels = images.permute(0, 2, 3, 1).flatten(1, 2).transpose(1, 2)  # [B, 3, P], a strided view
-    else:
-        pixels = images.flatten(2)  # [B, 3, P]
+    pixels = pixel_view(images)  # [B, 3, P]
     device = images.device
-    table = _uint8_linear_table(device) if images.dtype == torch.uint8 else None
-    rgb_to_xyz = torch.as_tensor(colour.RGB_TO_XYZ, dtype=torch.float32, device=device)
+    dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
+    table = colour_torch.uint8_linear_table(dtype, device) if images.dtype == torch.uint8 else None
+    rgb_to_xyz = torch.as_tensor(colour.RGB_TO_XYZ, dtype=dtype, device=device)
+    if linear_matrix is not None:
+        linear_matrix, upper = linear_matrix.to(dtype), upper.to(dtype)
     to_xyz_scaled = rgb_to_xyz / rgb_to_xyz.new_tensor(colour.WHITE_D65)[:, None]
     if tile_pixels is None:  # cache-sized tiles on the CPU; one tile per batch on an accelerator
         tile_pixels = CPU_TILE_PIXELS if images.device.type == "cpu" else images[:, 0].numel()
@@ -109,7 +113,7 @@ def block_stats_torch(
         if table is not None:
             linear = table.index_select(0, tile.reshape(-1).long()).view(tile.shape)
         else:
-            linear = colour_torch.srgb_to_linear(tile.float())
+            linear = colour_torch.srgb_to_linear(tile.to(dtype))
         if linear_matrix is not None:
             linear = torch.minimum(torch.matmul(linear_matrix, linear).clamp_min(0.0), upper[:, None, None])
         fx, fy, fz = colour_torch.lab_f(torch.matmul(to_xyz_scaled, linear)).unbind(1)  # [B, T] each
@@ -132,11 +136,13 @@ def attributes(images: torch.Tensor) -> torch.Tensor:
     Returns float32 (B, 4) (or (4,)) in ATTRIBUTE_NAMES order. On CUDA the fused Triton kernel runs (one read of
     the image); elsewhere a tiled torch path. ``SPC_FAST_DISABLE_TRITON=1`` forces the torch path.
     """
-    from spc_fast.kernels import photometric_stats
+    from spc_fast.kernels import dispatch
 
     batch, unbatched = check_batch(images)
-    if photometric_stats.eligible(batch):
-        partials = photometric_stats.photometric_stats(batch)
+    if dispatch.use_triton(batch):  # the kernel module imports triton: only reached where triton imports
+        from spc_fast.kernels.photometric_stats import photometric_stats
+
+        partials = photometric_stats(batch)
     else:
         partials = block_stats_torch(batch)
     out = finalize(partials)

@@ -15,20 +15,16 @@ cache-tiled torch path ``retouch_torch`` elsewhere.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 
 import numpy as np
 import torch
 
-from spc_fast import colour, colour_torch
-from spc_fast.images import check_batch, from_unit_float, numpy_to_unit
+from spc_fast import colour, colour_torch, photometric
+from spc_fast.images import check_batch, from_unit_float, is_channels_last, numpy_to_unit, pixel_view
 
 NEUTRAL = {"exposure": 0.0, "contrast": 1.0, "saturation": 1.0, "temperature": 0.0}
-
-# Pixels per tile of the torch path on the CPU: a tile's float32 intermediates stay in L2.
-CPU_TILE_PIXELS = 1 << 15
 
 Param = float | torch.Tensor
 
@@ -139,26 +135,10 @@ def _chain_parameters(
     return tensors, neutral
 
 
-@functools.cache
-def _uint8_to_linear(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(colour.srgb_to_linear(np.arange(256) / 255.0), dtype=dtype, device=device)
-
-
-def _channels_last(images: torch.Tensor) -> bool:
-    return images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
-
-
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    # [B, 3, H, W] -> [B, 3, P], a view for NCHW and channels_last (strided), a copy for other layouts
-    if _channels_last(images):
-        return images.permute(0, 2, 3, 1).flatten(1, 2).transpose(1, 2)
-    return images.flatten(2)
-
-
 def _temperature_exposure(tile: torch.Tensor, matrix: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
     # raw tile [B, 3, T] -> clipped linear RGB after temperature and exposure, folded as in the kernel
     if tile.dtype == torch.uint8:
-        linear = _uint8_to_linear(matrix.dtype, matrix.device).take(tile.long())
+        linear = colour_torch.uint8_linear_table(matrix.dtype, matrix.device).take(tile.long())
     else:
         linear = colour_torch.srgb_to_linear(tile.to(matrix.dtype))
     return torch.minimum(torch.matmul(matrix, linear).clamp_min_(0.0), upper[:, None, None])
@@ -185,45 +165,35 @@ def retouch_torch(
     saturation: torch.Tensor,
     apply_contrast: bool = True,
     apply_saturation: bool = True,
-    tile_pixels: int = CPU_TILE_PIXELS,
+    tile_pixels: int = photometric.CPU_TILE_PIXELS,
 ) -> torch.Tensor:
     """Torch path of the chain on validated images [B, 3, H, W] with per-image parameters (see retouch_chain).
 
     Tile by tile over the flattened pixels, like the kernel: a first pass for the mean L* (only when
-    apply_contrast), a second for the chain. Float64 inputs compute in float64, everything else in float32.
+    apply_contrast: photometric.block_stats_torch with the temperature+exposure pre-transform), a second for the
+    chain. Float64 inputs compute in float64, everything else in float32.
     """
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     matrix, upper, contrast, saturation = (t.to(dtype) for t in (matrix, upper, contrast, saturation))
     batch = images.shape[0]
-    pixels = _pixels(images)  # [B, 3, P]
+    pixels = pixel_view(images)  # [B, 3, P]
     num_pixels = pixels.shape[-1]
     per_tile = max(1, tile_pixels // batch)
     tiles = [slice(start, start + per_tile) for start in range(0, num_pixels, per_tile)]
 
-    mu_l = torch.zeros(batch, dtype=torch.float64, device=images.device)
+    mu_l = torch.zeros(batch, dtype=dtype, device=images.device)
     if apply_contrast:
-        for tile in tiles:
-            linear = _temperature_exposure(pixels[:, :, tile], matrix, upper)
-            mu_l += colour_torch.linear_to_lab(linear)[:, 0].sum(-1, dtype=torch.float64)
-        mu_l /= num_pixels
-    mu_l = mu_l.to(dtype)
+        stats = photometric.block_stats_torch(images, tile_pixels, linear_matrix=matrix, upper=upper)
+        mu_l = photometric.mean_lightness(stats).to(dtype)
 
-    layout = torch.channels_last if _channels_last(images) else torch.contiguous_format
+    layout = torch.channels_last if is_channels_last(images) else torch.contiguous_format
     out = torch.empty_like(images, memory_format=layout)
-    out_pixels = _pixels(out)  # a view: written in place
+    out_pixels = pixel_view(out)  # a view: written in place
     for tile in tiles:
         linear = _temperature_exposure(pixels[:, :, tile], matrix, upper)
         linear = _tone(linear, mu_l, contrast, saturation, apply_contrast, apply_saturation)
         out_pixels[:, :, tile] = from_unit_float(colour_torch.linear_to_srgb(linear), images.dtype)
     return out
-
-
-def mean_lightness_kernel(images: torch.Tensor, matrix: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """Mean L* [B] of clamp(matrix @ linear, 0, upper) via the photometric statistics kernel (one read)."""
-    from spc_fast import photometric
-    from spc_fast.kernels.photometric_stats import photometric_stats
-
-    return photometric.finalize(photometric_stats(images, linear_matrix=matrix, upper=upper))[:, 0]
 
 
 def apply(
@@ -254,7 +224,10 @@ def apply(
         from spc_fast.kernels.retouch_chain import retouch_chain
 
         if apply_contrast:
-            mu_l = mean_lightness_kernel(batch, params["matrix"].float(), params["upper"].float())
+            from spc_fast.kernels.photometric_stats import photometric_stats
+
+            stats = photometric_stats(batch, linear_matrix=params["matrix"].float(), upper=params["upper"].float())
+            mu_l = photometric.mean_lightness(stats).float()
         else:
             mu_l = torch.zeros_like(params["upper"], dtype=torch.float32)
         matrix, upper, contrast, saturation = (
@@ -264,7 +237,7 @@ def apply(
             batch, matrix, upper, mu_l, contrast, saturation, apply_contrast, apply_saturation
         )
     else:
-        tile_pixels = CPU_TILE_PIXELS if batch.device.type == "cpu" else batch[:, 0].numel()
+        tile_pixels = photometric.CPU_TILE_PIXELS if batch.device.type == "cpu" else batch[:, 0].numel()
         out = retouch_torch(
             batch,
             **params,

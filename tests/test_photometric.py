@@ -44,10 +44,7 @@ def image_batches(draw, max_side=40):
     values = torch.rand(batch, 3, h, w, generator=gen, dtype=torch.float64)
     pick = torch.rand(batch, 1, h, w, generator=gen)
     values = torch.where(pick < 0.1, 0.0, torch.where(pick > 0.9, 1.0, values))
-    if dtype == torch.uint8:
-        images = (values * 255).round().to(torch.uint8)
-    else:
-        images = values.to(dtype)
+    images = (values * 255).round().to(torch.uint8) if dtype == torch.uint8 else values.to(dtype)
     if draw(st.booleans()):
         images = images.contiguous(memory_format=torch.channels_last)
     return images

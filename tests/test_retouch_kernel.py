@@ -17,9 +17,10 @@ from retouch_cases import (
     reference,
 )
 
-from spc_fast import retouch
+from spc_fast import photometric, retouch
 from spc_fast.kernels import dispatch
 from spc_fast.kernels import retouch_chain as retouch_chain_module
+from spc_fast.kernels.photometric_stats import photometric_stats
 from spc_fast.kernels.retouch_chain import retouch_chain
 
 
@@ -120,23 +121,16 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.spc_fast.retouch_chain.default, kernel_arguments(images, params))
 
 
-@pytest.fixture(scope="module")
-def photometric_stats_kernel():
-    return pytest.importorskip(
-        "spc_fast.kernels.photometric_stats", reason="written by the photometric issue"
-    )
-
-
 @settings(max_examples=8)
 @given(case=batches(max_batch=2))
-def test_apply_dispatches_to_kernel(photometric_stats_kernel, case):
+def test_apply_dispatches_to_kernel(case):
     images, params, per_image = case
     assert dispatch.use_triton(images)
     out = retouch.apply(images, **as_arguments(params, per_image))
     assert_matches_reference(out, reference(images, params), images.dtype)
 
 
-def test_kernel_mean_lightness_matches_reference(photometric_stats_kernel):
+def test_kernel_mean_lightness_matches_reference():
     images = random_images(3, 13, 7, torch.float32, 13)
     params = {
         "exposure": np.array([0.8, -1.5, 0.0]),
@@ -145,7 +139,8 @@ def test_kernel_mean_lightness_matches_reference(photometric_stats_kernel):
         "temperature": np.array([-80.0, 0.0, 200.0]),
     }
     tensors, _ = retouch._chain_parameters(images, **as_arguments(params, per_image=True))
-    mu = retouch.mean_lightness_kernel(images, tensors["matrix"].float(), tensors["upper"].float())
+    stats = photometric_stats(images, linear_matrix=tensors["matrix"].float(), upper=tensors["upper"].float())
+    mu = photometric.mean_lightness(stats)
     np.testing.assert_allclose(
         mu.double().numpy(), mean_lightness_after_linear_steps(images, params), atol=1e-3
     )
