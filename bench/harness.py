@@ -102,6 +102,16 @@ def git_commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, object]:
     import numpy
 
@@ -114,7 +124,7 @@ def environment(device: torch.device) -> dict[str, object]:
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
     else:
-        device_name = f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+        device_name = f"{cpu_model()}, {torch.get_num_threads()} threads"
     return {
         "device": device_name,
         "versions": versions,

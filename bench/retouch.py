@@ -7,6 +7,8 @@ the image twice when contrast is on: once for the mean L*, once for the chain).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -67,14 +69,13 @@ def run(device: torch.device, quick: bool = False) -> list[Row]:
         images = photo_batch(batch, h, w, dtype, device)
         case = f"{batch}x3x{h}x{w} {str(dtype).removeprefix('torch.')}"
         nbytes = 2 * images.numel() * images.element_size()
-        truth, reference_ms = time_once(lambda: reference(images))
+        truth, reference_ms = time_once(functools.partial(reference, images))
         rows.append(reference_row("retouch", case, reference_ms, nbytes))
 
-        c, s = PARAMS["contrast"], PARAMS["saturation"]
-        providers = {"kornia": lambda x=images: kornia_retouch(x, matrix, c, s)}
+        kornia_args = (images, matrix, PARAMS["contrast"], PARAMS["saturation"])
+        providers = {"kornia": functools.partial(kornia_retouch, *kornia_args)}
         if not quick:
-            compiled = torch.compile(kornia_retouch, dynamic=False)
-            providers["kornia+compile"] = lambda x=images, f=compiled: f(x, matrix, c, s)
+            providers["kornia+compile"] = functools.partial(torch.compile(kornia_retouch, dynamic=False), *kornia_args)
         providers["spc-fast torch"] = lambda x=images: torch_path(x)
         if dispatch.use_triton(images):
             providers[f"spc-fast {dispatch.backend_name(images)}"] = lambda x=images: retouch.apply(x, **PARAMS)
