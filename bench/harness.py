@@ -37,6 +37,7 @@ class Row:
     gb_per_s: float | None = None
     fraction_of_copy_bw: float | None = None
     max_error: float | None = None  # against the float64 reference; what kind is in the bench's ERROR_KIND
+    peak_memory_mib: float | None = None  # beyond the inputs; how it is measured is in the bench's note
     speedup_vs: dict[str, float] = dataclasses.field(default_factory=dict)
     note: str = ""
 
@@ -159,6 +160,8 @@ def format_table(rows: list[Row]) -> str:
         spread = f"{r.p20_ms:.2f}-{r.p80_ms:.2f}"
         frac = None if r.fraction_of_copy_bw is None else 100 * r.fraction_of_copy_bw
         ratios = ", ".join(f"{v:.2f}x {k}" for k, v in r.speedup_vs.items())
+        if r.peak_memory_mib is not None:
+            ratios += f"  [peak {r.peak_memory_mib:.0f} MiB]"
         lines.append(
             f"{r.bench:<12} {r.case:<26} {r.provider:<22} {r.p50_ms:>9.2f} {spread:>17} "
             f"{_fmt(r.gb_per_s, '7.1f')} {_fmt(frac, '6.1f')} {_fmt(r.max_error, '9.2e')}  {ratios}"

@@ -19,6 +19,8 @@ PUBLIC = {
                          "format_reward", "rank_reward", "suggestion_reward", "restoration_constraint_reward",
                          "load_lpips"],
     "spc_fast.kernels.dispatch": ["use_triton", "backend_name", "torch_fallback"],
+    "spc_fast.kernels": ["nft_loss", "grpo_loss", "grpo_loss_from_logits", "token_logprobs", "group_advantages",
+                         "optimality_from_advantage", "nft_loss_reference", "grpo_loss_reference"],
     "spc_fast.kernels.photometric_stats": ["photometric_stats"],
     "spc_fast.kernels.retouch_chain": ["retouch_chain"],
     "spc_fast.cli": ["main"],
