@@ -22,7 +22,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 status=0
 echo "== GPU tests (compiled Triton) =="
-timeout 200 python3 -m pytest -q -m gpu tests --junitxml="$OUT/gpu_tests.xml" -p no:cacheprovider || status=1
+timeout 150 python3 -m pytest -q -m gpu tests --junitxml="$OUT/gpu_tests.xml" -p no:cacheprovider || status=1
 echo "== benchmarks =="
-timeout 260 python3 -m spc_fast.bench --json "$OUT/bench.json" || status=1
+timeout 300 python3 -m spc_fast.bench --json "$OUT/bench.json" || status=1
 exit $status

@@ -11,7 +11,7 @@ import torch
 from spc_fast.bench import harness
 
 # name -> module under spc_fast.bench with run(device, quick) -> list[Row] and BASELINES
-BENCHMARKS = ("photometric", "retouch")
+BENCHMARKS = ("photometric", "retouch", "nft_loss", "grpo_loss", "rewards")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,14 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"spc_fast.bench.{name}")
         bench_rows = module.run(device, quick=args.quick)
         harness.fill_ratios(bench_rows, module.BASELINES)
+        for row in bench_rows:
+            if copy_gbps and row.gb_per_s is not None:
+                row.fraction_of_copy_bw = row.gb_per_s / copy_gbps
         print(f"{name}: error column = {module.ERROR_KIND}")
+        print(harness.format_table(bench_rows), flush=True)
         rows += bench_rows
-    for row in rows:
-        if copy_gbps and row.gb_per_s is not None:
-            row.fraction_of_copy_bw = row.gb_per_s / copy_gbps
-    print(harness.format_table(rows))
+        if args.json:  # after every benchmark: a run cut short by a time limit keeps what it measured
+            harness.write_json(args.json, env, config, rows)
     if args.json:
-        harness.write_json(args.json, env, config, rows)
         print(f"wrote {args.json}")
     return 0
 

@@ -1,4 +1,4 @@
-"""The ``spc-fast`` command line: ``analyze``, ``retouch`` and ``bench``.
+"""The ``spc-fast`` command line: ``enhance``, ``critique``, ``analyze``, ``retouch`` and ``bench``.
 
 argparse lives here and only here; each subcommand maps its flags onto the library's public functions.
 Heavy modules (torch, the image I/O, the benchmarks) are imported inside the subcommand that needs them, so
@@ -40,6 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what runs and why")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    enhance = commands.add_parser(
+        "enhance", help="critique and edit images (analytic critic + rule executor)", description=_enhance.__doc__
+    )
+    enhance.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files or folders of images")
+    enhance.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUT",
+        help="output file (one input file) or folder (several inputs or a folder; created if missing)",
+    )
+    enhance.add_argument("--report", type=Path, metavar="JSON", help="write each image's critique, attributes "
+                         "before/after and rewards to this JSON file")
+    enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (even the inputs)")
+    enhance.set_defaults(run=_enhance)
+
+    critique = commands.add_parser(
+        "critique", help="print the analytic critic's tagged answer for images", description=_critique.__doc__
+    )
+    critique.add_argument("images", nargs="+", type=Path, metavar="IMG")
+    critique.set_defaults(run=_critique)
 
     analyze = commands.add_parser(
         "analyze", help="print the photometric attributes of images", description=_analyze.__doc__
@@ -99,6 +118,69 @@ def _analyze(args: argparse.Namespace) -> int:
     if failures:
         print(f"{PROG}: {len(failures)} of {len(args.images)} images failed", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _report_failures(failures: list[str], total: int) -> int:
+    for failure in failures:
+        print(f"{PROG}: error: {failure}", file=sys.stderr)
+    if failures:
+        print(f"{PROG}: {len(failures)} of {total} images failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _enhance(args: argparse.Namespace) -> int:
+    """Critique each image with the analytic critic and execute its tone/colour suggestions with the rule-based
+    operators (no model weights needed). IN may be files or folders (their images, not recursive); OUT is the
+    output file for a single input file, else a folder keeping the input names. EXIF is kept; 16-bit sources
+    are written as 16-bit PNG. Failing images are listed at the end (exit status 1); the others are written."""
+    import dataclasses
+
+    from spc_fast import batch
+    from spc_fast.pipeline import Pipeline
+
+    progress = None
+    if len(args.inputs) > 1 or any(p.is_dir() for p in args.inputs):
+        from tqdm import tqdm
+
+        def progress(items):
+            return tqdm(items, desc="enhance", unit="image", file=sys.stderr, disable=len(items) < 2)
+
+    pipeline = Pipeline()
+    result = batch.enhance_files(
+        args.inputs, args.output, pipeline=pipeline, overwrite=args.overwrite, progress=progress
+    )
+    for item in result.written:
+        score, after = item["critique"]["score"], item["score_after"]
+        edits = "; ".join(item["critique"]["suggestions"]) or "no edit"
+        print(f"{item['input']} -> {item['output']}: score {score:.0f} -> {after:.0f}; {edits}")
+    if args.report is not None:
+        config = {"critic": type(pipeline.critic).__name__, "artist": type(pipeline.artist).__name__,
+                  "critic_config": dataclasses.asdict(pipeline.critic.config)}
+        batch.write_report(args.report, {"version": _version(), **config, **result.to_json()})
+        print(f"wrote {args.report}")
+    total = len(result.written) + len(result.failures)
+    return _report_failures([f.error for f in result.failures], total)
+
+
+def _critique(args: argparse.Namespace) -> int:
+    """Print the analytic critic's answer for each image in the release's tag format (<think>, <edit_start>,
+    <answer>). A file that fails is reported at the end; the rest still run."""
+    from spc_fast.critic.analytic import AnalyticCritic
+    from spc_fast.critic.format import render
+    from spc_fast.io import load_tensor
+
+    critic = AnalyticCritic()
+    failures = []
+    for path in args.images:
+        try:
+            output = critic.critique([load_tensor(path)])[0]
+        except ValueError as error:
+            failures.append(str(error))
+            continue
+        if len(args.images) > 1:
+            print(f"== {path}")
+        print(render(output))
+    return _report_failures(failures, len(args.images))
 
 
 def _format_attributes(attributes: dict[str, float]) -> list[str]:

@@ -1,4 +1,5 @@
-"""The image critic: its output language (``format``) lives here; the model wrapper joins it later.
+"""The image critic: its output language (``format``) and the weight-free analytic critic (``measures``,
+``rules``, ``analytic``: ``from spc_fast.critic.analytic import AnalyticCritic``); the model wrapper joins later.
 
 ``from spc_fast.critic import parse, render`` reads and writes the tagged answer (SPEC.md §4).
 """
