@@ -42,3 +42,16 @@ def test_ops_are_registered_with_torch_library():
     importlib.import_module("spc_fast.kernels.retouch_chain")
     assert hasattr(torch.ops.spc_fast, "photometric_stats")
     assert hasattr(torch.ops.spc_fast, "retouch_chain")
+
+
+def test_every_package_folder_is_in_the_distribution():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(config["packages"])
+    folders = {".".join(("spc_fast", *p.parent.relative_to(root / "spc_fast").parts))
+               for p in (root / "spc_fast").rglob("__init__.py")}
+    folders |= {"spc_fast.kernels", "spc_fast.bench"}  # mapped from the top-level kernels/ and bench/
+    assert folders == declared, f"pyproject.toml packages {sorted(declared)} != folders {sorted(folders)}"
