@@ -1,0 +1,133 @@
+"""`PhotoArtist`: the Qwen-Image-Edit DiT conditioned on the critic's H_c, its VAE and the flow-matching sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+from spc_fast.artist.rope import use_real_rope
+from spc_fast.artist.sampler import (
+    DEFAULT_PIXELS, MULTIPLE, Trajectory, denoise, output_size, pack_latents, schedule, unpack_latents,
+)
+from spc_fast.images import check_batch, to_unit_float
+
+Generators = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class EditResult:
+    """Edited images in [0, 1], [B, 3, h, w] float32, and the sampling trajectory when it was asked for."""
+
+    images: torch.Tensor
+    trajectory: Trajectory | None = None
+
+
+class PhotoArtist:
+    """Transformer + VAE + scheduler in the Qwen-Image-Edit-2509 layout, with our own sampling loop.
+
+    `real_rope=True` switches the DiT to the real-valued RoPE path (`spc_fast.artist.rope`), numerically equal to
+    diffusers' complex one and free of complex tensors for `torch.compile` / export. Outputs above `tiled_decode_pixels` are
+    decoded with the VAE's spatial tiling.
+    """
+
+    def __init__(self, transformer: QwenImageTransformer2DModel, vae: AutoencoderKLQwenImage,
+                 scheduler: FlowMatchEulerDiscreteScheduler, *, real_rope: bool = True,
+                 tiled_decode_pixels: int = 2 * DEFAULT_PIXELS) -> None:
+        self.transformer = use_real_rope(transformer) if real_rope else transformer
+        self.vae = vae
+        self.scheduler = scheduler
+        self.tiled_decode_pixels = tiled_decode_pixels
+        self.denoiser = self.transformer
+        cfg = vae.config
+        self._mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1)
+        self._std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1)
+
+    def compile(self, **kwargs) -> PhotoArtist:
+        """Sample through `torch.compile(transformer, fullgraph=True, **kwargs)` from now on."""
+        self.denoiser = torch.compile(self.transformer, **{"fullgraph": True, **kwargs})
+        return self
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, h, w] in [0, 1] -> normalised latents [B, 16, h/8, w/8] (the posterior's mode)."""
+        x = (images.to(self.vae.device, self.vae.dtype) * 2 - 1).unsqueeze(2)  # [B, 3, 1, h, w] in [-1, 1]
+        z = self.vae.encode(x).latent_dist.mode()
+        mean, std = self._mean.to(z.device, z.dtype), self._std.to(z.device, z.dtype)
+        return ((z - mean) / std)[:, :, 0]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, 16, h, w] -> images [B, 3, 8h, 8w] in [0, 1], float32; tiled when large."""
+        z = latents.unsqueeze(2).to(self.vae.dtype)
+        mean, std = self._mean.to(z.device, z.dtype), self._std.to(z.device, z.dtype)
+        z = z / (1.0 / std) + mean
+        pixels = latents.shape[-2] * latents.shape[-1] * self.vae.spatial_compression_ratio ** 2
+        tiling = self.vae.use_tiling
+        self.vae.use_tiling = pixels > self.tiled_decode_pixels
+        try:
+            out = self.vae.decode(z, return_dict=False)[0][:, :, 0]
+        finally:
+            self.vae.use_tiling = tiling
+        return (out.float() / 2 + 0.5).clamp(0, 1)
+
+    def _noise(self, shape: tuple[int, ...], generator: Generators, device: torch.device,
+               dtype: torch.dtype) -> torch.Tensor:
+        if isinstance(generator, list):
+            if len(generator) != shape[0]:
+                raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per image")
+            draws = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+            return torch.cat(draws).to(device)
+        rand_device = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
+
+    @torch.no_grad()
+    def edit(self, images: torch.Tensor, h_c: torch.Tensor, h_c_mask: torch.Tensor | None = None, *,
+             num_steps: int = 20, guidance: float = 1.0,
+             negative: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+             generator: Generators = None, target_pixels: int = DEFAULT_PIXELS,
+             size: tuple[int, int] | None = None, return_trajectory: bool = False) -> EditResult:
+        """Edit a batch of same-size images conditioned on H_c [B, L, 3584] (right-padded, mask [B, L]).
+
+        The output keeps each image's aspect ratio at about `target_pixels` with sides multiple of 16, or is `size`.
+        `generator`: one for the batch or one per image (per-sample seeds, as diffusers' `randn_tensor`).
+        """
+        images, _ = check_batch(images)
+        b = images.shape[0]
+        if h_c.dim() != 3 or h_c.shape[0] != b:
+            raise ValueError(f"h_c must be [B={b}, L, D], got {tuple(h_c.shape)}")
+        if h_c.shape[-1] != self.transformer.config.joint_attention_dim:
+            raise ValueError(f"h_c width {h_c.shape[-1]} != the DiT's joint_attention_dim "
+                             f"{self.transformer.config.joint_attention_dim}; pass the critic's last hidden states")
+        if h_c_mask is not None and h_c_mask.shape != h_c.shape[:2]:
+            raise ValueError(f"h_c_mask must be [B, L] = {tuple(h_c.shape[:2])}, got {tuple(h_c_mask.shape)}")
+        if guidance > 1.0 and negative is None:
+            raise ValueError("guidance > 1 needs negative=(embeddings, mask) for true classifier-free guidance")
+        least = 2 if self.scheduler.config.get("shift_terminal") else 1
+        if num_steps < least:
+            raise ValueError(f"num_steps must be >= {least} (a terminal-stretched schedule needs two sigmas), "
+                             f"got {num_steps}")
+        h, w = size if size is not None else output_size(images.shape[2], images.shape[3], target_pixels)
+        if h % MULTIPLE or w % MULTIPLE:
+            raise ValueError(f"size {(h, w)} must have sides that are multiples of {MULTIPLE}")
+
+        device, dtype = self.transformer.device, self.transformer.dtype
+        pixels = to_unit_float(images).to(device)
+        if pixels.shape[-2:] != (h, w):
+            pixels = F.interpolate(pixels, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        source = pack_latents(self.encode(pixels).to(dtype))  # [B, S, 64]
+        lh, lw = h // 8, w // 8
+        zc = self.vae.config.z_dim
+        noise = pack_latents(self._noise((b, 1, zc, lh, lw), generator, device, dtype).reshape(b, zc, lh, lw))
+        h_c = h_c.to(device, dtype)
+        # An all-ones mask is dropped (as diffusers does) so attention runs unmasked.
+        mask = None if h_c_mask is None or bool(h_c_mask.all()) else h_c_mask.to(device, torch.bool)
+        if negative is not None:
+            neg_mask = negative[1]
+            neg_mask = None if neg_mask is None or bool(neg_mask.all()) else neg_mask.to(device, torch.bool)
+            negative = (negative[0].to(device, dtype), neg_mask)
+        img_shapes = [[(1, lh // 2, lw // 2), (1, lh // 2, lw // 2)]] * b
+        sigmas, timesteps = schedule(self.scheduler, num_steps, noise.shape[1], device)
+        latents, trajectory = denoise(self.denoiser, noise, source, h_c, mask, img_shapes, sigmas, timesteps,
+                                      guidance=guidance, negative=negative, return_trajectory=return_trajectory)
+        return EditResult(self.decode(unpack_latents(latents, lh, lw)), trajectory)

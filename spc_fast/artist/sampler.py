@@ -1,0 +1,102 @@
+"""Flow-matching Euler sampling in the Qwen-Image-Edit-2509 layout, written out so RL rollouts can use every step.
+
+Latents: the VAE gives [B, 16, 1, h, w] at 1/8 of the pixel size; normalised as (z - mean) / std per channel and
+packed into 2x2 patches, [B, (h/2)(w/2), 64], the DiT's tokens. Per step the noisy tokens and the source image's
+tokens are concatenated on the sequence axis, the DiT sees `img_shapes = [(1, h/2, w/2), (1, h/2, w/2)]` per sample,
+and only the first (noisy) part of its prediction is kept. Flow matching: x_t = (1 - t) x0 + t eps, v = eps - x0, so
+an Euler step is x <- x + (sigma_next - sigma) v and the clean estimate is x0 = x_t - sigma v.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+MULTIPLE = 16  # VAE 8x and the DiT's 2x2 patches
+DEFAULT_PIXELS = 1024 * 1024
+
+
+def output_size(height: int, width: int, target_pixels: int = DEFAULT_PIXELS) -> tuple[int, int]:
+    """(h, w) with about `target_pixels` pixels, the aspect ratio of (height, width), sides multiples of 16."""
+    ratio = width / height
+    w = math.sqrt(target_pixels * ratio)
+    h = w / ratio
+    return max(MULTIPLE, round(h / MULTIPLE) * MULTIPLE), max(MULTIPLE, round(w / MULTIPLE) * MULTIPLE)
+
+
+def pack_latents(z: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] latents -> [B, (h/2)(w/2), 4C] tokens, each token a 2x2 patch ordered (c, dy, dx)."""
+    b, c, h, w = z.shape
+    z = z.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)  # [B, h/2, w/2, C, 2, 2]
+    return z.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of `pack_latents`: [B, (h/2)(w/2), 4C] -> [B, C, h, w] (h, w in latent pixels)."""
+    b, _, c4 = tokens.shape
+    z = tokens.reshape(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)  # [B, C, h/2, 2, w/2, 2]
+    return z.reshape(b, c4 // 4, h, w)
+
+
+def dynamic_shift(image_seq_len: int, scheduler: FlowMatchEulerDiscreteScheduler) -> float:
+    """mu, linear in the noisy-image token count between (base_image_seq_len, base_shift) and (max_.., max_shift)."""
+    cfg = scheduler.config
+    slope = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
+    return image_seq_len * slope + cfg.base_shift - slope * cfg.base_image_seq_len
+
+
+def schedule(scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, image_seq_len: int,
+             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmas [T + 1] ending at 0, timesteps [T] = 1000 sigma) from the scheduler with the dynamic shift."""
+    base = np.linspace(1.0, 1.0 / num_steps, num_steps)
+    scheduler.set_timesteps(num_steps, device=device, sigmas=base, mu=dynamic_shift(image_seq_len, scheduler))
+    return scheduler.sigmas.to(device), scheduler.timesteps.to(device)
+
+
+@dataclass
+class Trajectory:
+    """Every step of one batched sampling run, in packed tokens: what an RL trainer replays."""
+
+    latents: torch.Tensor  # [T + 1, B, S, 64]: x_T (the noise) ... x_0
+    x0: torch.Tensor  # [T, B, S, 64]: x_t - sigma_t v at each step
+    sigmas: torch.Tensor  # [T + 1]
+    timesteps: torch.Tensor  # [T]
+    source: torch.Tensor  # [B, S, 64]: the source image's tokens
+    img_shapes: list
+
+
+def denoise(denoiser, noise: torch.Tensor, source: torch.Tensor, h_c: torch.Tensor, h_c_mask: torch.Tensor | None,
+            img_shapes: list, sigmas: torch.Tensor, timesteps: torch.Tensor, *, guidance: float = 1.0,
+            negative: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+            return_trajectory: bool = False) -> tuple[torch.Tensor, Trajectory | None]:
+    """Euler flow-matching loop over `sigmas`; `denoiser` is the DiT (eager or compiled).
+
+    Arithmetic follows diffusers' scheduler step: the update is computed in float32 from the latents, then stored in
+    the model's dtype. With guidance > 1, true CFG against `negative` = (embeddings, mask), rescaled to the
+    conditional prediction's norm per token.
+    """
+    x = noise
+    n = noise.shape[1]
+    steps_x, steps_x0 = [x], []
+    for i in range(len(timesteps)):
+        tokens = torch.cat([x, source], dim=1)  # [B, S + S_src, 64]
+        t = timesteps[i].expand(x.shape[0]).to(x.dtype) / 1000
+        v = denoiser(hidden_states=tokens, timestep=t, encoder_hidden_states=h_c, encoder_hidden_states_mask=h_c_mask,
+                     img_shapes=img_shapes, return_dict=False)[0][:, :n]
+        if guidance > 1.0:
+            v_neg = denoiser(hidden_states=tokens, timestep=t, encoder_hidden_states=negative[0],
+                             encoder_hidden_states_mask=negative[1], img_shapes=img_shapes, return_dict=False)[0][:, :n]
+            mixed = v_neg + guidance * (v - v_neg)
+            v = mixed * (torch.norm(v, dim=-1, keepdim=True) / torch.norm(mixed, dim=-1, keepdim=True))
+        if return_trajectory:
+            steps_x0.append((x.float() - sigmas[i] * v.float()).to(x.dtype))
+        x = (x.float() + (sigmas[i + 1] - sigmas[i]) * v).to(v.dtype)
+        if return_trajectory:
+            steps_x.append(x)
+    if not return_trajectory:
+        return x, None
+    return x, Trajectory(torch.stack(steps_x), torch.stack(steps_x0), sigmas, timesteps, source, img_shapes)

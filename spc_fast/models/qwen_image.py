@@ -1,0 +1,203 @@
+"""Qwen-Image-Edit artist components: the release's configs, tiny random-weight builds, loading from local directories.
+
+The classes are diffusers' own (`QwenImageTransformer2DModel`, `AutoencoderKLQwenImage`,
+`FlowMatchEulerDiscreteScheduler`); this module only holds their configurations and the local-directory loader.
+Nothing here downloads: every `from_pretrained` runs with `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+# Qwen-Image-Edit-2509 transformer/config.json (the DiT of the public release).
+DIT_CONFIG: dict = dict(
+    patch_size=2,
+    in_channels=64,
+    out_channels=16,
+    num_layers=60,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=3584,
+    guidance_embeds=False,
+    axes_dims_rope=(16, 56, 56),
+)
+
+# Qwen-Image vae/config.json: the Wan-2.1 style causal 3-D VAE, 8x spatial compression, 16 latent channels.
+VAE_CONFIG: dict = dict(
+    base_dim=96,
+    z_dim=16,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=2,
+    attn_scales=[],
+    temperal_downsample=[False, True, True],
+    dropout=0.0,
+    latents_mean=[-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                  0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921],
+    latents_std=[2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                 3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160],
+)
+
+# Qwen-Image scheduler/scheduler_config.json: resolution-dependent (exponential) shift, stretched to 0.02.
+SCHEDULER_CONFIG: dict = dict(
+    num_train_timesteps=1000,
+    shift=1.0,
+    use_dynamic_shifting=True,
+    base_shift=0.5,
+    max_shift=0.9,
+    base_image_seq_len=256,
+    max_image_seq_len=8192,
+    invert_sigmas=False,
+    shift_terminal=0.02,
+    use_karras_sigmas=False,
+    use_exponential_sigmas=False,
+    use_beta_sigmas=False,
+    time_shift_type="exponential",
+    stochastic_sampling=False,
+)
+
+# Same classes, smallest sizes that keep the layout: head_dim = sum(axes_dims_rope), in_channels = 4 * z_dim.
+TINY_DIT_CONFIG: dict = dict(DIT_CONFIG, num_layers=2, attention_head_dim=16, num_attention_heads=2,
+                             joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
+TINY_VAE_CONFIG: dict = dict(VAE_CONFIG, base_dim=8, num_res_blocks=1)
+
+# SPEC.md §6: the release's DiT LoRA.
+LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
+                                 "to_add_out")
+LORA_RANK = 32
+LORA_ALPHA = 64
+
+
+def dit_config(num_layers: int | None = None) -> dict:
+    """The release DiT config, optionally with fewer (or more) layers for benchmarks at full width."""
+    return dict(DIT_CONFIG) if num_layers is None else dict(DIT_CONFIG, num_layers=num_layers)
+
+
+def lora_config(rank: int = LORA_RANK, alpha: int = LORA_ALPHA) -> LoraConfig:
+    """The release's DiT LoRA config (SPEC.md §6): r=32, alpha=64, gaussian init, the eight attention projections."""
+    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
+
+
+def build_dit(num_layers: int | None = None, dtype: torch.dtype = torch.bfloat16,
+              device: torch.device | str = "cpu") -> QwenImageTransformer2DModel:
+    """A random-weight DiT at the release width (performance does not depend on weight values)."""
+    with torch.device(device):
+        model = QwenImageTransformer2DModel(**dit_config(num_layers))
+    return model.to(dtype).eval()
+
+
+def tiny_artist_components(seed: int = 0) -> tuple[QwenImageTransformer2DModel, AutoencoderKLQwenImage,
+                                                    FlowMatchEulerDiscreteScheduler]:
+    """Tiny random-weight transformer, VAE and the release scheduler (float32, CPU, eval mode)."""
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(**TINY_DIT_CONFIG).eval()
+    vae = AutoencoderKLQwenImage(**TINY_VAE_CONFIG).eval()
+    return transformer, vae, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+
+
+def _missing_files(base: Path) -> list[str]:
+    missing = []
+    for sub, weights in (("transformer", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")):
+        if not (base / sub / "config.json").is_file():
+            missing.append(f"{sub}/config.json")
+        if not any((base / sub / f"{weights}{ext}").is_file() for ext in (".safetensors", ".safetensors.index.json")):
+            missing.append(f"{sub}/{weights}.safetensors (or its .index.json shards)")
+    if not (base / "scheduler" / "scheduler_config.json").is_file():
+        missing.append("scheduler/scheduler_config.json")
+    return missing
+
+
+def load_dit_weights(transformer: QwenImageTransformer2DModel, path: str | Path) -> None:
+    """Replace the transformer's weights with a release `dit.safetensors`; every key must match."""
+    state = load_file(str(path))
+    expected = transformer.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"{path} does not match the DiT config: {len(missing)} missing keys {missing[:8]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:8]}, {len(wrong)} shape mismatches {wrong[:8]}; "
+            "check that it is the Qwen-Image-Edit DiT and that transformer/config.json is the release's")
+    transformer.load_state_dict(state, strict=True)
+
+
+def _strip_lora_key(key: str) -> str:
+    for prefix in ("base_model.model.", "transformer."):
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def save_lora(transformer: QwenImageTransformer2DModel, directory: str | Path, adapter_name: str = "default") -> None:
+    """Write one adapter in peft's layout: adapter_config.json + adapter_model.safetensors."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    transformer.peft_config[adapter_name].save_pretrained(str(directory))
+    state = get_peft_model_state_dict(transformer, adapter_name=adapter_name)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "adapter_model.safetensors"))
+
+
+def load_lora(transformer: QwenImageTransformer2DModel, directory: str | Path, adapter_name: str = "default") -> None:
+    """Add a peft adapter saved in `directory` (e.g. the release's `dit_lora/`) under `adapter_name`."""
+    directory = Path(directory)
+    missing = [f for f in ("adapter_config.json", "adapter_model.safetensors") if not (directory / f).is_file()]
+    if missing:
+        raise ValueError(f"LoRA directory {directory} lacks {missing}; it must be a peft adapter directory")
+    config = LoraConfig.from_pretrained(str(directory))
+    transformer.add_adapter(config, adapter_name=adapter_name)
+    state = {_strip_lora_key(k): v for k, v in load_file(str(directory / "adapter_model.safetensors")).items()}
+    result = set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
+    lora_missing = [k for k in result.missing_keys if "lora_" in k and f".{adapter_name}." in k]
+    if result.unexpected_keys or lora_missing:
+        raise ValueError(
+            f"{directory} does not match the DiT: {len(lora_missing)} missing LoRA keys {lora_missing[:8]}, "
+            f"{len(result.unexpected_keys)} unexpected keys {list(result.unexpected_keys)[:8]}")
+    transformer.set_adapter(adapter_name)
+
+
+def load_artist(path: str | Path, dtype: torch.dtype = torch.bfloat16, *, release: str | Path | None = None,
+                device: torch.device | str = "cpu") -> tuple[QwenImageTransformer2DModel, AutoencoderKLQwenImage,
+                                                               FlowMatchEulerDiscreteScheduler]:
+    """Load transformer, VAE and scheduler from a local diffusers Qwen-Image-Edit-2509 directory.
+
+    `release` (default: `path` itself) may hold the release layout: `dit.safetensors` replaces the transformer's
+    weights, `dit_lora/` is added as the peft adapter "default". Never downloads.
+    """
+    base = Path(path)
+    if not base.is_dir():
+        raise ValueError(f"artist directory {base} does not exist; pass a local Qwen-Image-Edit-2509 diffusers dir")
+    missing = _missing_files(base)
+    if missing:
+        raise ValueError(f"artist directory {base} is incomplete, missing: {', '.join(missing)}")
+    transformer = QwenImageTransformer2DModel.from_pretrained(base / "transformer", torch_dtype=dtype,
+                                                              local_files_only=True)
+    vae = AutoencoderKLQwenImage.from_pretrained(base / "vae", torch_dtype=dtype, local_files_only=True)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base / "scheduler", local_files_only=True)
+    extra = Path(release) if release is not None else base
+    if release is not None and not extra.is_dir():
+        raise ValueError(f"release directory {extra} does not exist")
+    if (extra / "dit.safetensors").is_file():
+        load_dit_weights(transformer, extra / "dit.safetensors")
+    if (extra / "dit_lora").is_dir():
+        load_lora(transformer, extra / "dit_lora")
+        transformer.to(dtype)
+    return transformer.to(device).eval(), vae.to(device).eval(), scheduler
+
+
+def save_artist(directory: str | Path, transformer: QwenImageTransformer2DModel, vae: AutoencoderKLQwenImage,
+                scheduler: FlowMatchEulerDiscreteScheduler) -> None:
+    """Write the diffusers layout (transformer/, vae/, scheduler/) that `load_artist` reads; base weights only."""
+    if getattr(transformer, "peft_config", None):
+        raise ValueError("the transformer carries LoRA adapters; save them with save_lora and the base without them")
+    directory = Path(directory)
+    transformer.save_pretrained(directory / "transformer")
+    vae.save_pretrained(directory / "vae")
+    scheduler.save_pretrained(directory / "scheduler")
+    (directory / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPlusPipeline"}))
