@@ -11,7 +11,7 @@ import torch
 from spc_fast.bench import harness
 
 # name -> module under spc_fast.bench with run(device, quick) -> list[Row] and BASELINES
-BENCHMARKS = ("photometric", "retouch", "nft_loss", "grpo_loss", "rewards")
+BENCHMARKS = ("photometric", "retouch", "nft_loss", "grpo_loss", "rewards", "critic_generate")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

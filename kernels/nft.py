@@ -357,7 +357,8 @@ class NFTLossFunction(torch.autograd.Function):
         grad_loss = grad_loss.float().contiguous()
         if ctx.fused:
             (grad,) = ctx.saved_tensors
-            # scaled in fp32 and rounded once into the gradient's dtype
+            # the kernel rounded the gradient for dLoss/dloss = 1 into its dtype; scaling rounds it once more
+            # (exact for power-of-two factors such as the 1/B of a mean over a power-of-two batch)
             scaled = torch.mul(grad, grad_loss[:, None], out=torch.empty_like(grad))
         else:
             v_theta, v_old, v_target, v_ref, r, scales = ctx.saved_tensors

@@ -41,7 +41,6 @@ _LAB_MATRICES = np.concatenate(
         (colour.XYZ_TO_RGB * colour.WHITE_D65[None, :]).ravel(),
     ]
 )
-# sRGB value k / 255 -> linear, the decode table of uint8 inputs.
 
 
 @triton.jit

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from spc_fast import io
 from spc_fast.pipeline import Pipeline
@@ -73,7 +74,8 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], files: Sequence[Path], out
     return [output / f.name for f in files]
 
 
-def _bit_depth(image, path: Path) -> int:
+def output_bit_depth(image: torch.Tensor, path: Path) -> int:
+    """16 for a float image (a 16-bit source, as ``io.load_tensor`` gives it) written to a PNG, else 8."""
     return 16 if image.is_floating_point() and path.suffix.lower() == ".png" else 8
 
 
@@ -110,7 +112,7 @@ def enhance_files(
             image = io.load_tensor(source)
             enhanced = pipeline.enhance([image])
             edited, record = enhanced.images[0], enhanced.records[0]
-            io.save_image(target, edited, source=source, overwrite=overwrite, bit_depth=_bit_depth(image, target))
+            io.save_image(target, edited, source=source, overwrite=overwrite, bit_depth=output_bit_depth(image, target))
         except ValueError as error:
             result.failures.append(Failure(str(source), str(error)))
             continue
@@ -126,12 +128,6 @@ def write_report(path: str | os.PathLike, payload: dict[str, object]) -> Path:
     path = Path(path)
     if not path.absolute().parent.is_dir():
         raise ValueError(f"{path}: the folder {path.absolute().parent} does not exist; create it first")
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        temporary.write_text(json.dumps(payload, indent=2, default=str))
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        reason = error.strerror or error
-        raise ValueError(f"{path}: cannot write the report ({reason}); choose a writable path") from error
+    text = json.dumps(payload, indent=2, default=str).encode()
+    io.atomic_write(path, lambda file: file.write(text))
     return path

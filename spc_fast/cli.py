@@ -33,6 +33,11 @@ def _version() -> str:
         return "unknown"
 
 
+def _score(value: float | None) -> str:
+    # a neural critic may answer without a parseable score
+    return "?" if value is None or value != value else f"{value:.0f}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="SmartPhotoCrafter, fast: measure and retouch photographs."
@@ -113,11 +118,7 @@ def _analyze(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     elif rows:
         print(_table(rows))
-    for failure in failures:
-        print(f"{PROG}: error: {failure}", file=sys.stderr)
-    if failures:
-        print(f"{PROG}: {len(failures)} of {len(args.images)} images failed", file=sys.stderr)
-    return 1 if failures else 0
+    return _report_failures(failures, len(args.images))
 
 
 def _report_failures(failures: list[str], total: int) -> int:
@@ -152,7 +153,7 @@ def _enhance(args: argparse.Namespace) -> int:
     for item in result.written:
         score, after = item["critique"]["score"], item["score_after"]
         edits = "; ".join(item["critique"]["suggestions"]) or "no edit"
-        print(f"{item['input']} -> {item['output']}: score {score:.0f} -> {after:.0f}; {edits}")
+        print(f"{item['input']} -> {item['output']}: score {_score(score)} -> {_score(after)}; {edits}")
     if args.report is not None:
         config = {"critic": type(pipeline.critic).__name__, "artist": type(pipeline.artist).__name__,
                   "critic_config": dataclasses.asdict(pipeline.critic.config)}
@@ -211,6 +212,7 @@ def _retouch(args: argparse.Namespace) -> int:
     import torch
 
     from spc_fast import io, photometric, retouch
+    from spc_fast.batch import output_bit_depth
 
     io.check_output_path(args.output, source=args.input, overwrite=args.overwrite)
     image = io.load_tensor(args.input)
@@ -221,7 +223,7 @@ def _retouch(args: argparse.Namespace) -> int:
         saturation=args.saturation,
         temperature=args.temperature,
     )[0]
-    bit_depth = 16 if image.is_floating_point() and args.output.suffix.lower() == ".png" else 8
+    bit_depth = output_bit_depth(image, args.output)
     if image.is_floating_point() and bit_depth == 8:
         logger.info("%s: 16-bit source written as 8-bit (16-bit output needs a .png name)", args.output)
     io.save_image(args.output, edited, source=args.input, overwrite=args.overwrite, bit_depth=bit_depth)

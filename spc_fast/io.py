@@ -22,9 +22,10 @@ import struct
 import sys
 import warnings
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -447,8 +448,9 @@ def _write_error(path: Path, error: OSError) -> ImageError:
     )
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Run ``write(file)`` on a temporary file beside ``path``, then rename it over ``path`` in one step."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Run ``write(file)`` on a temporary binary file beside ``path``, then rename it over ``path`` in one
+    step; on any failure the temporary file is removed and an OSError becomes an ``ImageError``."""
     folder = path.absolute().parent
     for _ in range(100):
         temporary = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
@@ -506,5 +508,5 @@ def save_image(
     metadata = source if source is None or isinstance(source, ImageMetadata) else read_metadata(source)
     exif = metadata.exif if metadata is not None else None
     icc = srgb_icc_profile() if metadata is not None and metadata.icc_profile else None
-    _atomic_write(path, lambda file: _encode(file, pixels, fmt, exif, icc))
+    atomic_write(path, lambda file: _encode(file, pixels, fmt, exif, icc))
     return path

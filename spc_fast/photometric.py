@@ -79,6 +79,11 @@ def finalize(partials: torch.Tensor) -> torch.Tensor:
     return out.float()
 
 
+def default_tile_pixels(images: torch.Tensor) -> int:
+    """Pixels per tile of the tiled torch paths: cache-sized on the CPU, the whole batch on an accelerator."""
+    return CPU_TILE_PIXELS if images.device.type == "cpu" else images[:, 0].numel()
+
+
 def block_stats_torch(
     images: torch.Tensor,
     tile_pixels: int | None = None,
@@ -104,9 +109,7 @@ def block_stats_torch(
     if linear_matrix is not None:
         linear_matrix, upper = linear_matrix.to(dtype), upper.to(dtype)
     to_xyz_scaled = rgb_to_xyz / rgb_to_xyz.new_tensor(colour.WHITE_D65)[:, None]
-    if tile_pixels is None:  # cache-sized tiles on the CPU; one tile per batch on an accelerator
-        tile_pixels = CPU_TILE_PIXELS if images.device.type == "cpu" else images[:, 0].numel()
-    per_tile = max(1, tile_pixels // batch)
+    per_tile = max(1, (tile_pixels or default_tile_pixels(images)) // batch)
     rows = []
     for start in range(0, pixels.shape[-1], per_tile):
         tile = pixels[:, :, start : start + per_tile]  # [B, 3, T]

@@ -14,13 +14,13 @@ rank reward).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from spc_fast import colour, photometric, retouch, rewards
+from spc_fast import photometric, retouch, rewards
 from spc_fast.critic.analytic import AnalyticCritic, as_image_list
 from spc_fast.critic.format import (
     NEUTRAL_PARAMETERS,
@@ -50,14 +50,16 @@ class Artist(Protocol):
 
 def executor_parameters(output: CriticOutput) -> tuple[dict[str, float], list[str]]:
     """``retouch.apply`` keyword values executing an answer's tone/colour suggestions, and its conflicts
-    (``format.retouch_parameters``); the temperature shift is clamped to the range the operator supports."""
-    params, conflicts = retouch_parameters(output.suggestions)
-    shift = params["temperature"]
-    clamped = min(max(shift, colour.TEMPERATURE_DELTA_MIN), colour.TEMPERATURE_DELTA_MAX)
-    if clamped != shift:
-        conflicts.append(f"temperature: {shift:+.0f} mired is beyond the operator's range; clamped to {clamped:+.0f}")
-        params["temperature"] = clamped
-    return params, conflicts
+    (``format.retouch_parameters``, which also clamps the temperature shift to the operator's range)."""
+    return retouch_parameters(output.suggestions)
+
+
+def _same_size_groups(images: Sequence[torch.Tensor], indices: Iterable[int]) -> list[list[int]]:
+    # the given indices grouped by (shape, dtype, device): each group stacks into one batch
+    groups: dict[tuple, list[int]] = {}
+    for i in indices:
+        groups.setdefault((tuple(images[i].shape), images[i].dtype, images[i].device), []).append(i)
+    return list(groups.values())
 
 
 class RuleArtist:
@@ -71,18 +73,10 @@ class RuleArtist:
         if len(outputs) != len(image_list):
             raise ValueError(f"got {len(outputs)} critic answers for {len(image_list)} images; pass one per image")
         params = [executor_parameters(o)[0] for o in outputs]
-        edited: list[torch.Tensor | None] = [None] * len(image_list)
-        groups: dict[tuple, list[int]] = {}
-        for i, image in enumerate(image_list):
-            groups.setdefault((tuple(image.shape), image.dtype, image.device), []).append(i)
-        for key, indices in list(groups.items()):
-            untouched = [i for i in indices if params[i] == NEUTRAL_PARAMETERS]
-            for i in untouched:
-                edited[i] = image_list[i]
-            groups[key] = [i for i in indices if i not in untouched]
-        for indices in groups.values():
-            if not indices:
-                continue
+        edited: list[torch.Tensor | None] = [
+            image if p == NEUTRAL_PARAMETERS else None for image, p in zip(image_list, params, strict=True)
+        ]
+        for indices in _same_size_groups(image_list, [i for i, e in enumerate(edited) if e is None]):
             batch = torch.stack([image_list[i] for i in indices])
             values = {
                 op: torch.tensor([params[i][op] for i in indices], dtype=torch.float64) for op in TONE_OPS
@@ -134,10 +128,7 @@ def _rendered(output: CriticOutput) -> str | None:
 def _attributes(images: list[torch.Tensor]) -> torch.Tensor:
     # per-image attributes [B, 4] of images of any sizes (one batched call per size)
     out = torch.empty(len(images), photometric.NUM_ATTRIBUTES)
-    groups: dict[tuple, list[int]] = {}
-    for i, image in enumerate(images):
-        groups.setdefault((tuple(image.shape), image.dtype, image.device), []).append(i)
-    for indices in groups.values():
+    for indices in _same_size_groups(images, range(len(images))):
         out[indices] = photometric.attributes(torch.stack([images[i] for i in indices])).cpu()
     return out
 

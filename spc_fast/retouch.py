@@ -165,7 +165,7 @@ def retouch_torch(
     saturation: torch.Tensor,
     apply_contrast: bool = True,
     apply_saturation: bool = True,
-    tile_pixels: int = photometric.CPU_TILE_PIXELS,
+    tile_pixels: int | None = None,
 ) -> torch.Tensor:
     """Torch path of the chain on validated images [B, 3, H, W] with per-image parameters (see retouch_chain).
 
@@ -178,6 +178,7 @@ def retouch_torch(
     batch = images.shape[0]
     pixels = pixel_view(images)  # [B, 3, P]
     num_pixels = pixels.shape[-1]
+    tile_pixels = tile_pixels or photometric.default_tile_pixels(images)
     per_tile = max(1, tile_pixels // batch)
     tiles = [slice(start, start + per_tile) for start in range(0, num_pixels, per_tile)]
 
@@ -237,12 +238,5 @@ def apply(
             batch, matrix, upper, mu_l, contrast, saturation, apply_contrast, apply_saturation
         )
     else:
-        tile_pixels = photometric.CPU_TILE_PIXELS if batch.device.type == "cpu" else batch[:, 0].numel()
-        out = retouch_torch(
-            batch,
-            **params,
-            apply_contrast=apply_contrast,
-            apply_saturation=apply_saturation,
-            tile_pixels=tile_pixels,
-        )
+        out = retouch_torch(batch, **params, apply_contrast=apply_contrast, apply_saturation=apply_saturation)
     return out[0] if unbatched else out

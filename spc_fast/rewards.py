@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from spc_fast import colour
 from spc_fast.critic.format import (
     TONE_OPS,
     CriticOutput,
@@ -322,8 +321,8 @@ def suggestion_reward(
     eps: float = DEFAULT_EPS,
 ) -> torch.Tensor:
     """r_photo(X, X_ref, X_gt) with X_ref the rule-based execution (``retouch.apply``) of each image's own
-    tone/colour suggestions. Conflicting suggestions leave their attribute neutral (``retouch_parameters``);
-    the temperature shift is clamped to the range the operator supports."""
+    tone/colour suggestions. Conflicting suggestions leave their attribute neutral and the temperature shift is
+    clamped to the range the operator supports (``retouch_parameters``)."""
     from spc_fast import retouch
 
     batch, _ = check_batch(x)
@@ -331,9 +330,6 @@ def suggestion_reward(
     columns: dict[str, list[float]] = {}
     for image_suggestions in suggestions:
         params, _ = retouch_parameters(image_suggestions)
-        params["temperature"] = min(
-            max(params["temperature"], colour.TEMPERATURE_DELTA_MIN), colour.TEMPERATURE_DELTA_MAX
-        )
         for name, value in params.items():
             columns.setdefault(name, []).append(value)
     per_image = {name: torch.tensor(values, dtype=torch.float64) for name, values in columns.items()}

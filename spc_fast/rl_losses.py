@@ -123,10 +123,15 @@ def nft_loss(
 
 
 def _check_grpo_tokens(completion_ids, advantages, completion_mask, old_logp, ref_logp, beta_kl, device):
-    if completion_ids.dim() != 2 or completion_ids.dtype.is_floating_point or completion_ids.dtype == torch.bool:
+    if (
+        completion_ids.dim() != 2
+        or completion_ids.dtype.is_floating_point
+        or completion_ids.dtype == torch.bool
+        or completion_ids.device != device
+    ):
         raise ValueError(
-            f"completion_ids must be an integer tensor (B, T), got {completion_ids.dtype} "
-            f"{tuple(completion_ids.shape)}"
+            f"completion_ids must be an integer tensor (B, T) on {device}, got {completion_ids.dtype} "
+            f"{tuple(completion_ids.shape)} on {completion_ids.device}"
         )
     batch, length = completion_ids.shape
     _check_float("advantages", advantages, (batch,), device)
@@ -185,10 +190,10 @@ def _check_head(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, compl
             f"lm_head_weight must be (V, {hidden}) {hidden_states.dtype} on {hidden_states.device} like the hidden "
             f"states, got {lm_head_weight.dtype} {tuple(lm_head_weight.shape)} on {lm_head_weight.device}"
         )
-    if tuple(completion_ids.shape) != (batch, length):
+    if tuple(completion_ids.shape) != (batch, length) or completion_ids.device != hidden_states.device:
         raise ValueError(
-            f"completion_ids must be (B, T) = {(batch, length)} like the hidden states, "
-            f"got {tuple(completion_ids.shape)}"
+            f"completion_ids must be (B, T) = {(batch, length)} on {hidden_states.device} like the hidden "
+            f"states, got {tuple(completion_ids.shape)} on {completion_ids.device}"
         )
 
 

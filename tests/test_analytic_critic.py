@@ -118,6 +118,7 @@ def test_pixel_sample_is_deterministic_and_fixed_size(small_photos):
     photo = small_photos["astronaut.png"]
     a, b = pixel_sample(photo, 1000), pixel_sample(photo[None], 1000)
     assert a.shape == (1, 3, 1, 1000) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert torch.equal(pixel_sample(photo[None].to(memory_format=torch.channels_last), 1000), a)
     tiny = pixel_sample(torch.full((3, 1, 1), 128, dtype=torch.uint8), 64)
     assert tiny.shape == (1, 3, 1, 64) and torch.allclose(tiny, torch.tensor(128 / 255.0))
     sample = pixel_sample(photo, 8192)

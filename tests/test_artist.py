@@ -20,7 +20,12 @@ from spc_fast.artist.model import PhotoArtist  # noqa: E402
 from spc_fast.artist.rope import RealQwenRope, use_real_rope  # noqa: E402
 from spc_fast.artist.sampler import dynamic_shift, output_size, pack_latents, unpack_latents  # noqa: E402
 from spc_fast.models.qwen_image import (  # noqa: E402
-    DIT_CONFIG, SCHEDULER_CONFIG, load_artist, save_artist, save_lora, tiny_artist_components,
+    DIT_CONFIG,
+    SCHEDULER_CONFIG,
+    load_artist,
+    save_artist,
+    save_lora,
+    tiny_artist_components,
 )
 
 # float32 tiny models: our loop vs diffusers, real vs complex RoPE, merged vs unmerged LoRA.
@@ -53,12 +58,20 @@ def photo(seed: int = 0, height: int = H, width: int = W) -> np.ndarray:
 def dit_inputs(batch: int = 2):
     g = torch.Generator().manual_seed(1)
     h_c, mask = conditioning(batch, valid=(7, 4)[:batch])
-    return dict(hidden_states=torch.randn(batch, 48, 64, generator=g), encoder_hidden_states=h_c,
-                encoder_hidden_states_mask=mask, timestep=torch.tensor([0.5, 0.3][:batch]),
-                img_shapes=[[(1, 4, 6), (1, 4, 6)]] * batch, return_dict=False)
+    return dict(
+        hidden_states=torch.randn(batch, 48, 64, generator=g),
+        encoder_hidden_states=h_c,
+        encoder_hidden_states_mask=mask,
+        timestep=torch.tensor([0.5, 0.3][:batch]),
+        img_shapes=[[(1, 4, 6), (1, 4, 6)]] * batch,
+        return_dict=False,
+    )
 
 
-@pytest.mark.parametrize("hw,pixels", [((480, 640), 1024 * 1024), ((1, 1), 256), ((37, 1000), 1024 * 1024), ((333, 17), 64 * 64), ((H, W), H * W)])
+@pytest.mark.parametrize(
+    "hw,pixels",
+    [((480, 640), 1024 * 1024), ((1, 1), 256), ((37, 1000), 1024 * 1024), ((333, 17), 64 * 64), ((H, W), H * W)],
+)
 def test_output_size(hw, pixels):
     h, w = output_size(*hw, target_pixels=pixels)
     assert h % 16 == 0 and w % 16 == 0 and h >= 16 and w >= 16
@@ -73,9 +86,16 @@ def test_pack_roundtrip_and_dynamic_shift(parts):
     assert torch.equal(unpack_latents(pack_latents(z), 2, 10), z)
     assert pack_latents(z).shape == (3, 5, 64)
     for n in (1, 256, 4096, 8192):
-        assert dynamic_shift(n, parts[2]) == pytest.approx(edit_plus.calculate_shift(
-            n, SCHEDULER_CONFIG["base_image_seq_len"], SCHEDULER_CONFIG["max_image_seq_len"],
-            SCHEDULER_CONFIG["base_shift"], SCHEDULER_CONFIG["max_shift"]), rel=1e-12)
+        assert dynamic_shift(n, parts[2]) == pytest.approx(
+            edit_plus.calculate_shift(
+                n,
+                SCHEDULER_CONFIG["base_image_seq_len"],
+                SCHEDULER_CONFIG["max_image_seq_len"],
+                SCHEDULER_CONFIG["base_shift"],
+                SCHEDULER_CONFIG["max_shift"],
+            ),
+            rel=1e-12,
+        )
 
 
 def test_real_rope_equals_complex(parts):
@@ -94,19 +114,39 @@ def test_real_rope_equals_complex(parts):
 def test_matches_diffusers_edit_plus_pipeline(parts, monkeypatch):
     """Same components, prompt embeddings (bypassing the text encoder), image and seed as QwenImageEditPlusPipeline."""
     transformer, vae, scheduler = parts
-    pipe = edit_plus.QwenImageEditPlusPipeline(scheduler=copy.deepcopy(scheduler), vae=vae, text_encoder=None,
-                                               tokenizer=None, processor=None, transformer=transformer)
+    pipe = edit_plus.QwenImageEditPlusPipeline(
+        scheduler=copy.deepcopy(scheduler),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        processor=None,
+        transformer=transformer,
+    )
     pipe.set_progress_bar_config(disable=True)
     monkeypatch.setattr(edit_plus, "VAE_IMAGE_SIZE", H * W)  # source encoded at the output size, as ours
     arr = photo()
     h_c, mask = conditioning()
-    kwargs = dict(image=Image.fromarray(arr), prompt_embeds=h_c, prompt_embeds_mask=mask.long(), height=H, width=W,
-                  num_inference_steps=3, true_cfg_scale=1.0)
+    kwargs = dict(
+        image=Image.fromarray(arr),
+        prompt_embeds=h_c,
+        prompt_embeds_mask=mask.long(),
+        height=H,
+        width=W,
+        num_inference_steps=3,
+        true_cfg_scale=1.0,
+    )
     ref_images = pipe(**kwargs, generator=torch.Generator().manual_seed(7), output_type="pt").images
     ref_latents = pipe(**kwargs, generator=torch.Generator().manual_seed(7), output_type="latent").images
 
-    ours = fresh(parts).edit(torch.from_numpy(arr).permute(2, 0, 1), h_c, mask, num_steps=3,
-                             generator=torch.Generator().manual_seed(7), target_pixels=H * W, return_trajectory=True)
+    ours = fresh(parts).edit(
+        torch.from_numpy(arr).permute(2, 0, 1),
+        h_c,
+        mask,
+        num_steps=3,
+        generator=torch.Generator().manual_seed(7),
+        target_pixels=H * W,
+        return_trajectory=True,
+    )
     torch.testing.assert_close(ours.trajectory.latents[-1], ref_latents, atol=TOL["pipeline"], rtol=0)
     torch.testing.assert_close(ours.images, ref_images, atol=TOL["pipeline"], rtol=0)
     assert ours.images.shape == (1, 3, H, W)
@@ -116,12 +156,25 @@ def test_batch_per_sample_seeds_and_trajectory(parts):
     artist = fresh(parts)
     images = torch.stack([torch.from_numpy(photo(s, 32, 48)).permute(2, 0, 1) for s in (0, 1)])
     h_c, mask = conditioning(2, valid=(7, 3))
-    batched = artist.edit(images, h_c, mask, num_steps=2, target_pixels=32 * 48, return_trajectory=True,
-                          generator=[torch.Generator().manual_seed(s) for s in (10, 11)])
+    batched = artist.edit(
+        images,
+        h_c,
+        mask,
+        num_steps=2,
+        target_pixels=32 * 48,
+        return_trajectory=True,
+        generator=[torch.Generator().manual_seed(s) for s in (10, 11)],
+    )
     for i, seed in enumerate((10, 11)):
-        single = artist.edit(images[i], h_c[i:i + 1, : int(mask[i].sum())], None, num_steps=2, target_pixels=32 * 48,
-                             generator=[torch.Generator().manual_seed(seed)])
-        torch.testing.assert_close(batched.images[i:i + 1], single.images, atol=TOL["batch"], rtol=0)
+        single = artist.edit(
+            images[i],
+            h_c[i : i + 1, : int(mask[i].sum())],
+            None,
+            num_steps=2,
+            target_pixels=32 * 48,
+            generator=[torch.Generator().manual_seed(seed)],
+        )
+        torch.testing.assert_close(batched.images[i : i + 1], single.images, atol=TOL["batch"], rtol=0)
     traj = batched.trajectory
     assert traj.latents.shape == (3, 2, 6, 64) and traj.x0.shape == (2, 2, 6, 64) and traj.sigmas[-1] == 0
     # last step goes to sigma = 0, so the final latents are that step's x0 estimate
@@ -151,7 +204,9 @@ def test_tiled_decode_for_large_outputs(parts, monkeypatch):
     artist.vae.tile_sample_stride_height = artist.vae.tile_sample_stride_width = 48
     calls = []
     original = type(artist.vae).tiled_decode
-    monkeypatch.setattr(type(artist.vae), "tiled_decode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        type(artist.vae), "tiled_decode", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
     latents = torch.randn(1, 16, 12, 10)
     big = artist.decode(latents)
     assert calls and big.shape == (1, 3, 96, 80) and not artist.vae.use_tiling
@@ -164,14 +219,24 @@ def test_compile_fullgraph_no_recompiles(parts):
     artist = fresh(parts)
     h_c, mask = conditioning()
     args = dict(num_steps=2, target_pixels=H * W)
-    eager = artist.edit(torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0)), h_c, mask,
-                        generator=torch.Generator().manual_seed(1), **args)
+    eager = artist.edit(
+        torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0)),
+        h_c,
+        mask,
+        generator=torch.Generator().manual_seed(1),
+        **args,
+    )
     torch._dynamo.reset()
     counters.clear()
     artist.compile(backend="aot_eager")
     with torch._dynamo.config.patch(error_on_recompile=True):
-        compiled = artist.edit(torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0)), h_c, mask,
-                               generator=torch.Generator().manual_seed(1), **args)
+        compiled = artist.edit(
+            torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0)),
+            h_c,
+            mask,
+            generator=torch.Generator().manual_seed(1),
+            **args,
+        )
     assert not counters["graph_break"] and counters["stats"]["unique_graphs"] == 1
     torch.testing.assert_close(compiled.images, eager.images, atol=1e-5, rtol=0)
 
@@ -186,9 +251,11 @@ def test_lora_adapters_switch_and_merge(parts):
         assert transformer.peft_config["current"].r == 32 and transformer.peft_config["current"].lora_alpha == 64
         torch.testing.assert_close(transformer(**inputs)[0], base, atol=0, rtol=0)  # B starts at zero
         gen = torch.Generator().manual_seed(5)
-        for name, module in transformer.named_modules():
+        for _name, module in transformer.named_modules():
             if hasattr(module, "lora_B") and "current" in module.lora_B:
-                module.lora_B["current"].weight.copy_(0.1 * torch.randn(module.lora_B["current"].weight.shape, generator=gen))
+                module.lora_B["current"].weight.copy_(
+                    0.1 * torch.randn(module.lora_B["current"].weight.shape, generator=gen)
+                )
         set_adapter(transformer, "current")
         trained = transformer(**inputs)[0]
         assert (trained - base).abs().max() > 1e-3
@@ -241,5 +308,7 @@ def test_load_release_layout_roundtrip(parts, tmp_path):
 
 
 def test_release_configs():
-    assert DIT_CONFIG["num_layers"] == 60 and DIT_CONFIG["num_attention_heads"] * DIT_CONFIG["attention_head_dim"] == 3072
+    assert (
+        DIT_CONFIG["num_layers"] == 60 and DIT_CONFIG["num_attention_heads"] * DIT_CONFIG["attention_head_dim"] == 3072
+    )
     assert sum(DIT_CONFIG["axes_dims_rope"]) == DIT_CONFIG["attention_head_dim"]

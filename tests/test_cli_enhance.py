@@ -171,11 +171,19 @@ def test_critique_prints_the_tagged_answer(photo_dir, capsys):
     assert code == 1 and f"== {photo_dir / 'astronaut.png'}" in stdout and "no such file" in err
 
 
-def test_report_write_failure_is_clean(tmp_path):
+def test_report_write_failure_is_clean(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="does not exist"):
         write_report(tmp_path / "missing" / "r.json", {})
     assert write_report(tmp_path / "r.json", {"a": 1}).read_text().startswith("{")
     assert _temporaries(tmp_path) == []
+
+    def denied(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(io.os, "replace", denied)  # as root: simulate a read-only folder
+    with pytest.raises(ValueError, match=r"r\.json: cannot write the file \(Permission denied\)"):
+        write_report(tmp_path / "r.json", {"a": 2})
+    assert _temporaries(tmp_path) == [] and (tmp_path / "r.json").read_text().startswith("{")
 
 
 def test_help_lists_the_new_commands(capsys):

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spc_fast import critic
+from spc_fast import colour, critic
 from spc_fast.critic import format as fmt
 from spc_fast.critic.format import (
     BOKEH,
@@ -548,6 +548,15 @@ def test_opposite_directions_conflict_and_stay_neutral():
     )
     assert params["saturation"] == 1.0 and params["exposure"] == pytest.approx(0.3)
     assert len(conflicts) == 1 and conflicts[0].startswith("saturation")
+
+
+def test_temperature_beyond_the_operator_range_is_clamped_and_reported():
+    # 12 x 50 mired: the parameters must stay valid for retouch.apply, which refuses the raw sum
+    for direction, limit in ((1, colour.TEMPERATURE_DELTA_MAX), (-1, colour.TEMPERATURE_DELTA_MIN)):
+        params, conflicts = retouch_parameters([Suggestion(TEMPERATURE, direction, L)] * 12)
+        assert params["temperature"] == limit
+        assert len(conflicts) == 1 and conflicts[0].startswith("temperature:") and "clamped" in conflicts[0]
+        colour.temperature_matrix(params["temperature"])
 
 
 def test_restoration_ops_are_not_executed():

@@ -276,6 +276,19 @@ def test_bad_input_raises_value_error(change, message):
         grpo_loss(**{**inputs, **change})
 
 
+def test_completion_ids_on_another_device_are_refused():
+    # the kernel would read the ids through a pointer of the wrong device: refused up front
+    hidden, weight = torch.zeros(2, 3, 8), torch.zeros(50, 8)
+    ids = torch.zeros(2, 3, dtype=torch.int64, device="meta")
+    tokens = dict(advantages=torch.zeros(2), completion_mask=torch.ones(2, 3), beta_kl=0.0)
+    with pytest.raises(ValueError, match="completion_ids must be .* on cpu"):
+        grpo_loss(hidden, weight, ids, **tokens)
+    with pytest.raises(ValueError, match="completion_ids must be .* on cpu"):
+        grpo_loss_from_logits(torch.zeros(2, 3, 50), ids, **tokens)
+    with pytest.raises(ValueError, match="completion_ids must be .* on cpu"):
+        token_logprobs(hidden, weight, ids)
+
+
 def test_opcheck():
     gen = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(5, 8, generator=gen), torch.randn(37, 8, generator=gen)

@@ -45,8 +45,9 @@ def test_ops_are_registered_with_torch_library():
 
 
 def test_every_package_folder_is_in_the_distribution():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parents[1]
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]

@@ -3,10 +3,32 @@
 from spc_fast.artist.lora import add_lora, merge_lora, set_adapter, unmerge_lora
 from spc_fast.artist.model import EditResult, PhotoArtist
 from spc_fast.artist.rope import RealQwenRope, RealRopeJointAttnProcessor, apply_real_rope, use_real_rope
-from spc_fast.artist.sampler import Trajectory, denoise, dynamic_shift, output_size, pack_latents, schedule, unpack_latents
+from spc_fast.artist.sampler import (
+    Trajectory,
+    denoise,
+    dynamic_shift,
+    output_size,
+    pack_latents,
+    schedule,
+    unpack_latents,
+)
 
 __all__ = [
-    "EditResult", "PhotoArtist", "RealQwenRope", "RealRopeJointAttnProcessor", "Trajectory", "add_lora",
-    "apply_real_rope", "denoise", "dynamic_shift", "merge_lora", "output_size", "pack_latents", "schedule",
-    "set_adapter", "unmerge_lora", "unpack_latents", "use_real_rope",
+    "EditResult",
+    "PhotoArtist",
+    "RealQwenRope",
+    "RealRopeJointAttnProcessor",
+    "Trajectory",
+    "add_lora",
+    "apply_real_rope",
+    "denoise",
+    "dynamic_shift",
+    "merge_lora",
+    "output_size",
+    "pack_latents",
+    "schedule",
+    "set_adapter",
+    "unmerge_lora",
+    "unpack_latents",
+    "use_real_rope",
 ]

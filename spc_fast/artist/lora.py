@@ -12,14 +12,17 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from spc_fast.models.qwen_image import LORA_ALPHA, LORA_RANK, lora_config
 
 
-def add_lora(transformer: QwenImageTransformer2DModel, name: str = "default", *, rank: int = LORA_RANK,
-             alpha: int = LORA_ALPHA) -> QwenImageTransformer2DModel:
+def add_lora(
+    transformer: QwenImageTransformer2DModel, name: str = "default", *, rank: int = LORA_RANK, alpha: int = LORA_ALPHA
+) -> QwenImageTransformer2DModel:
     """Add a named adapter with the release config (r=32, alpha=64, gaussian init, attention projections)."""
     if name in getattr(transformer, "peft_config", {}):
         raise ValueError(f"adapter {name!r} already exists; pick another name or delete_adapters([{name!r}])")
     if hasattr(transformer, name):
-        raise ValueError(f"adapter name {name!r} is an attribute of the model (peft registers adapters as "
-                         "submodules); pick another name")
+        raise ValueError(
+            f"adapter name {name!r} is an attribute of the model (peft registers adapters as "
+            "submodules); pick another name"
+        )
     transformer.add_adapter(lora_config(rank, alpha), adapter_name=name)
     return transformer
 

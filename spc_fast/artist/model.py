@@ -10,7 +10,14 @@ from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Q
 
 from spc_fast.artist.rope import use_real_rope
 from spc_fast.artist.sampler import (
-    DEFAULT_PIXELS, MULTIPLE, Trajectory, denoise, output_size, pack_latents, schedule, unpack_latents,
+    DEFAULT_PIXELS,
+    MULTIPLE,
+    Trajectory,
+    denoise,
+    output_size,
+    pack_latents,
+    schedule,
+    unpack_latents,
 )
 from spc_fast.images import check_batch, to_unit_float
 
@@ -29,13 +36,19 @@ class PhotoArtist:
     """Transformer + VAE + scheduler in the Qwen-Image-Edit-2509 layout, with our own sampling loop.
 
     `real_rope=True` switches the DiT to the real-valued RoPE path (`spc_fast.artist.rope`), numerically equal to
-    diffusers' complex one and free of complex tensors for `torch.compile` / export. Outputs above `tiled_decode_pixels` are
-    decoded with the VAE's spatial tiling.
+    diffusers' complex one and free of complex tensors for `torch.compile` / export. Outputs above
+    `tiled_decode_pixels` are decoded with the VAE's spatial tiling.
     """
 
-    def __init__(self, transformer: QwenImageTransformer2DModel, vae: AutoencoderKLQwenImage,
-                 scheduler: FlowMatchEulerDiscreteScheduler, *, real_rope: bool = True,
-                 tiled_decode_pixels: int = 2 * DEFAULT_PIXELS) -> None:
+    def __init__(
+        self,
+        transformer: QwenImageTransformer2DModel,
+        vae: AutoencoderKLQwenImage,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        *,
+        real_rope: bool = True,
+        tiled_decode_pixels: int = 2 * DEFAULT_PIXELS,
+    ) -> None:
         self.transformer = use_real_rope(transformer) if real_rope else transformer
         self.vae = vae
         self.scheduler = scheduler
@@ -62,7 +75,7 @@ class PhotoArtist:
         z = latents.unsqueeze(2).to(self.vae.dtype)
         mean, std = self._mean.to(z.device, z.dtype), self._std.to(z.device, z.dtype)
         z = z / (1.0 / std) + mean
-        pixels = latents.shape[-2] * latents.shape[-1] * self.vae.spatial_compression_ratio ** 2
+        pixels = latents.shape[-2] * latents.shape[-1] * self.vae.spatial_compression_ratio**2
         tiling = self.vae.use_tiling
         self.vae.use_tiling = pixels > self.tiled_decode_pixels
         try:
@@ -71,8 +84,9 @@ class PhotoArtist:
             self.vae.use_tiling = tiling
         return (out.float() / 2 + 0.5).clamp(0, 1)
 
-    def _noise(self, shape: tuple[int, ...], generator: Generators, device: torch.device,
-               dtype: torch.dtype) -> torch.Tensor:
+    def _noise(
+        self, shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
         if isinstance(generator, list):
             if len(generator) != shape[0]:
                 raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}; pass one per image")
@@ -82,11 +96,20 @@ class PhotoArtist:
         return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
     @torch.no_grad()
-    def edit(self, images: torch.Tensor, h_c: torch.Tensor, h_c_mask: torch.Tensor | None = None, *,
-             num_steps: int = 20, guidance: float = 1.0,
-             negative: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-             generator: Generators = None, target_pixels: int = DEFAULT_PIXELS,
-             size: tuple[int, int] | None = None, return_trajectory: bool = False) -> EditResult:
+    def edit(
+        self,
+        images: torch.Tensor,
+        h_c: torch.Tensor,
+        h_c_mask: torch.Tensor | None = None,
+        *,
+        num_steps: int = 20,
+        guidance: float = 1.0,
+        negative: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+        generator: Generators = None,
+        target_pixels: int = DEFAULT_PIXELS,
+        size: tuple[int, int] | None = None,
+        return_trajectory: bool = False,
+    ) -> EditResult:
         """Edit a batch of same-size images conditioned on H_c [B, L, 3584] (right-padded, mask [B, L]).
 
         The output keeps each image's aspect ratio at about `target_pixels` with sides multiple of 16, or is `size`.
@@ -97,16 +120,19 @@ class PhotoArtist:
         if h_c.dim() != 3 or h_c.shape[0] != b:
             raise ValueError(f"h_c must be [B={b}, L, D], got {tuple(h_c.shape)}")
         if h_c.shape[-1] != self.transformer.config.joint_attention_dim:
-            raise ValueError(f"h_c width {h_c.shape[-1]} != the DiT's joint_attention_dim "
-                             f"{self.transformer.config.joint_attention_dim}; pass the critic's last hidden states")
+            raise ValueError(
+                f"h_c width {h_c.shape[-1]} != the DiT's joint_attention_dim "
+                f"{self.transformer.config.joint_attention_dim}; pass the critic's last hidden states"
+            )
         if h_c_mask is not None and h_c_mask.shape != h_c.shape[:2]:
             raise ValueError(f"h_c_mask must be [B, L] = {tuple(h_c.shape[:2])}, got {tuple(h_c_mask.shape)}")
         if guidance > 1.0 and negative is None:
             raise ValueError("guidance > 1 needs negative=(embeddings, mask) for true classifier-free guidance")
         least = 2 if self.scheduler.config.get("shift_terminal") else 1
         if num_steps < least:
-            raise ValueError(f"num_steps must be >= {least} (a terminal-stretched schedule needs two sigmas), "
-                             f"got {num_steps}")
+            raise ValueError(
+                f"num_steps must be >= {least} (a terminal-stretched schedule needs two sigmas), got {num_steps}"
+            )
         h, w = size if size is not None else output_size(images.shape[2], images.shape[3], target_pixels)
         if h % MULTIPLE or w % MULTIPLE:
             raise ValueError(f"size {(h, w)} must have sides that are multiples of {MULTIPLE}")
@@ -128,6 +154,17 @@ class PhotoArtist:
             negative = (negative[0].to(device, dtype), neg_mask)
         img_shapes = [[(1, lh // 2, lw // 2), (1, lh // 2, lw // 2)]] * b
         sigmas, timesteps = schedule(self.scheduler, num_steps, noise.shape[1], device)
-        latents, trajectory = denoise(self.denoiser, noise, source, h_c, mask, img_shapes, sigmas, timesteps,
-                                      guidance=guidance, negative=negative, return_trajectory=return_trajectory)
+        latents, trajectory = denoise(
+            self.denoiser,
+            noise,
+            source,
+            h_c,
+            mask,
+            img_shapes,
+            sigmas,
+            timesteps,
+            guidance=guidance,
+            negative=negative,
+            return_trajectory=return_trajectory,
+        )
         return EditResult(self.decode(unpack_latents(latents, lh, lw)), trajectory)

@@ -50,15 +50,19 @@ class RealQwenRope(nn.Module):
         f = _angles(torch.arange(index, index + frames, device=device), d0, self.theta)  # [F, d0/2]
         h = _angles(_centred(height, device), d1, self.theta)  # [H, d1/2]
         w = _angles(_centred(width, device), d2, self.theta)  # [W, d2/2]
-        grid = torch.cat([
-            f[:, None, None].expand(frames, height, width, -1),
-            h[None, :, None].expand(frames, height, width, -1),
-            w[None, None, :].expand(frames, height, width, -1),
-        ], dim=-1)  # [F, H, W, head_dim / 2]
+        grid = torch.cat(
+            [
+                f[:, None, None].expand(frames, height, width, -1),
+                h[None, :, None].expand(frames, height, width, -1),
+                w[None, None, :].expand(frames, height, width, -1),
+            ],
+            dim=-1,
+        )  # [F, H, W, head_dim / 2]
         return _cos_sin(grid.reshape(frames * height * width, -1))
 
-    def forward(self, video_fhw, device: torch.device | None = None,
-                max_txt_seq_len: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, video_fhw, device: torch.device | None = None, max_txt_seq_len: int | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`video_fhw`: per-sample lists of (frames, h, w) in patches (the first sample's is used, as diffusers)."""
         if max_txt_seq_len is None:
             raise ValueError("max_txt_seq_len must be given (the text sequence length)")
@@ -85,12 +89,20 @@ class RealRopeJointAttnProcessor:
     _attention_backend = None
     _parallel_config = None
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                 encoder_hidden_states_mask: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                 image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if encoder_hidden_states is None or attention_mask is not None:
-            raise ValueError("Qwen-Image joint attention needs encoder_hidden_states and takes no attention_mask "
-                             "(pass encoder_hidden_states_mask)")
+            raise ValueError(
+                "Qwen-Image joint attention needs encoder_hidden_states and takes no attention_mask "
+                "(pass encoder_hidden_states_mask)"
+            )
         if encoder_hidden_states_mask is not None:
             image_mask = encoder_hidden_states_mask.new_ones(hidden_states.shape[:2])
             attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
@@ -99,7 +111,11 @@ class RealRopeJointAttnProcessor:
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(-1, (-1, head_dim))  # [B, S, H, D]
 
-        img_q, img_k, img_v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        img_q, img_k, img_v = (
+            heads(attn.to_q(hidden_states)),
+            heads(attn.to_k(hidden_states)),
+            heads(attn.to_v(hidden_states)),
+        )
         txt_q = heads(attn.add_q_proj(encoder_hidden_states))
         txt_k = heads(attn.add_k_proj(encoder_hidden_states))
         txt_v = heads(attn.add_v_proj(encoder_hidden_states))
@@ -117,11 +133,20 @@ class RealRopeJointAttnProcessor:
             txt_q, txt_k = apply_real_rope(txt_q, txt_table), apply_real_rope(txt_k, txt_table)
 
         seq_txt = encoder_hidden_states.shape[1]
-        out = dispatch_attention_fn(
-            torch.cat([txt_q, img_q], dim=1), torch.cat([txt_k, img_k], dim=1), torch.cat([txt_v, img_v], dim=1),
-            attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
-            backend=self._attention_backend, parallel_config=self._parallel_config,
-        ).flatten(2, 3).to(img_q.dtype)  # [B, S_txt + S_img, H * D]
+        out = (
+            dispatch_attention_fn(
+                torch.cat([txt_q, img_q], dim=1),
+                torch.cat([txt_k, img_k], dim=1),
+                torch.cat([txt_v, img_v], dim=1),
+                attn_mask=attention_mask,
+                dropout_p=0.0,
+                is_causal=False,
+                backend=self._attention_backend,
+                parallel_config=self._parallel_config,
+            )
+            .flatten(2, 3)
+            .to(img_q.dtype)
+        )  # [B, S_txt + S_img, H * D]
         img_out = attn.to_out[0](out[:, seq_txt:].contiguous())
         if len(attn.to_out) > 1:
             img_out = attn.to_out[1](img_out)

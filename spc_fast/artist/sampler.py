@@ -49,8 +49,9 @@ def dynamic_shift(image_seq_len: int, scheduler: FlowMatchEulerDiscreteScheduler
     return image_seq_len * slope + cfg.base_shift - slope * cfg.base_image_seq_len
 
 
-def schedule(scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, image_seq_len: int,
-             device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def schedule(
+    scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, image_seq_len: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigmas [T + 1] ending at 0, timesteps [T] = 1000 sigma) from the scheduler with the dynamic shift."""
     base = np.linspace(1.0, 1.0 / num_steps, num_steps)
     scheduler.set_timesteps(num_steps, device=device, sigmas=base, mu=dynamic_shift(image_seq_len, scheduler))
@@ -69,10 +70,20 @@ class Trajectory:
     img_shapes: list
 
 
-def denoise(denoiser, noise: torch.Tensor, source: torch.Tensor, h_c: torch.Tensor, h_c_mask: torch.Tensor | None,
-            img_shapes: list, sigmas: torch.Tensor, timesteps: torch.Tensor, *, guidance: float = 1.0,
-            negative: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-            return_trajectory: bool = False) -> tuple[torch.Tensor, Trajectory | None]:
+def denoise(
+    denoiser,
+    noise: torch.Tensor,
+    source: torch.Tensor,
+    h_c: torch.Tensor,
+    h_c_mask: torch.Tensor | None,
+    img_shapes: list,
+    sigmas: torch.Tensor,
+    timesteps: torch.Tensor,
+    *,
+    guidance: float = 1.0,
+    negative: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    return_trajectory: bool = False,
+) -> tuple[torch.Tensor, Trajectory | None]:
     """Euler flow-matching loop over `sigmas`; `denoiser` is the DiT (eager or compiled).
 
     Arithmetic follows diffusers' scheduler step: the update is computed in float32 from the latents, then stored in
@@ -85,11 +96,23 @@ def denoise(denoiser, noise: torch.Tensor, source: torch.Tensor, h_c: torch.Tens
     for i in range(len(timesteps)):
         tokens = torch.cat([x, source], dim=1)  # [B, S + S_src, 64]
         t = timesteps[i].expand(x.shape[0]).to(x.dtype) / 1000
-        v = denoiser(hidden_states=tokens, timestep=t, encoder_hidden_states=h_c, encoder_hidden_states_mask=h_c_mask,
-                     img_shapes=img_shapes, return_dict=False)[0][:, :n]
+        v = denoiser(
+            hidden_states=tokens,
+            timestep=t,
+            encoder_hidden_states=h_c,
+            encoder_hidden_states_mask=h_c_mask,
+            img_shapes=img_shapes,
+            return_dict=False,
+        )[0][:, :n]
         if guidance > 1.0:
-            v_neg = denoiser(hidden_states=tokens, timestep=t, encoder_hidden_states=negative[0],
-                             encoder_hidden_states_mask=negative[1], img_shapes=img_shapes, return_dict=False)[0][:, :n]
+            v_neg = denoiser(
+                hidden_states=tokens,
+                timestep=t,
+                encoder_hidden_states=negative[0],
+                encoder_hidden_states_mask=negative[1],
+                img_shapes=img_shapes,
+                return_dict=False,
+            )[0][:, :n]
             mixed = v_neg + guidance * (v - v_neg)
             v = mixed * (torch.norm(v, dim=-1, keepdim=True) / torch.norm(mixed, dim=-1, keepdim=True))
         if return_trajectory:

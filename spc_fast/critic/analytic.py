@@ -214,15 +214,15 @@ class AnalyticCritic:
     def _decide(self, op, sample, params, decisions, active, neutral_measures) -> None:
         # Re-decide ``op`` for the images in ``active`` with every other op's parameter simulated in place.
         config = self.config
+        rules = [r for r in config.rules if r.op == op]
+        if not rules:
+            return
         p0 = {k: v[active].clone() for k, v in params.items()}
         p0[op].fill_(NEUTRAL_PARAMETERS[op])
         if neutral_measures is not None and all(torch.all(p0[k] == NEUTRAL_PARAMETERS[k]) for k in TONE_OPS):
             m0 = {k: v[active] for k, v in neutral_measures.items()}
         else:
             m0 = measures.tone_measures(simulate(sample[active], p0), config.sample_pixels)
-        rules = [r for r in config.rules if r.op == op]
-        if not rules:
-            return
         severities = torch.stack([severity(r, m0) for r in rules])  # [R, b]
         strongest = severities.argmax(0)
         fired = severities.amax(0) > 0

@@ -45,10 +45,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from spc_fast import colour
 
 EXPOSURE = "exposure"
 CONTRAST = "contrast"
@@ -516,7 +518,8 @@ def retouch_parameters(suggestions: Iterable[Suggestion]) -> tuple[dict[str, flo
 
     Suggestions on one attribute in one direction combine (ev and mired add, contrast and saturation factors
     multiply). Opposite directions on one attribute are a conflict: reported, and that attribute left neutral.
-    Restoration, depth-of-field and bokeh suggestions are not executed here.
+    A temperature shift beyond the operator's range (``colour.TEMPERATURE_DELTA_MIN``/``MAX``) is clamped to
+    it and reported. Restoration, depth-of-field and bokeh suggestions are not executed here.
     """
     by_op: dict[str, list[Suggestion]] = {}
     for s in suggestions:
@@ -533,10 +536,9 @@ def retouch_parameters(suggestions: Iterable[Suggestion]) -> tuple[dict[str, flo
             step = STEPS[op][MAGNITUDES.index(s.magnitude)]
             value = value * step**s.direction if op in _MULTIPLICATIVE else value + s.direction * step
         params[op] = value
+    shift = params[TEMPERATURE]
+    clamped = min(max(shift, colour.TEMPERATURE_DELTA_MIN), colour.TEMPERATURE_DELTA_MAX)
+    if clamped != shift:
+        conflicts.append(f"temperature: {shift:+.0f} mired is beyond the operator's range; clamped to {clamped:+.0f}")
+        params[TEMPERATURE] = clamped
     return params, conflicts
-
-
-def tone_suggestions(suggestions: Sequence[Suggestion]) -> list[Suggestion]:
-    """The suggestions the rule executor applies and compliance checks (exposure, contrast, saturation,
-    temperature)."""
-    return [s for s in suggestions if s.op in TONE_OPS]

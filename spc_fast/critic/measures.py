@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from spc_fast import colour, colour_torch, photometric
-from spc_fast.images import check_batch, to_unit_float
+from spc_fast.images import check_batch, pixel_view, to_unit_float
 
 SAMPLE_PIXELS = 16384
 WORK_SIDE = 512
@@ -77,7 +77,7 @@ def pixel_sample(images: torch.Tensor, pixels: int = SAMPLE_PIXELS) -> torch.Ten
     rows or columns, the same for every image of a size.
     """
     batch, _ = check_batch(images)
-    flat = batch.flatten(2)  # [B, 3, P]
+    flat = pixel_view(batch)  # [B, 3, P], a view for NCHW and channels_last
     if flat.shape[-1] != pixels:
         k = torch.arange(pixels, dtype=torch.float64, device=flat.device)
         index = ((k * _GOLDEN) % 1.0 * flat.shape[-1]).long()

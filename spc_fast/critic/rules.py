@@ -40,11 +40,11 @@ from spc_fast.critic.format import (
     REMOVE_HAZE,
     REMOVE_NOISE,
     SATURATION,
-    STEPS,
     TEMPERATURE,
+    Suggestion,
+    retouch_parameters,
 )
 
-_MULTIPLICATIVE = (CONTRAST, SATURATION)
 DECISION_ORDER = (EXPOSURE, CONTRAST, SATURATION, TEMPERATURE)
 
 
@@ -151,18 +151,13 @@ PRESETS = {
 
 def candidates(op: str, direction: int) -> list[tuple[tuple[str, ...], float]]:
     """Executor values reachable in one direction: each magnitude alone and each pair of different
-    magnitudes (two suggestions on the attribute), as (magnitudes, parameter value), sorted by size."""
-    steps = dict(zip(MAGNITUDES, STEPS[op], strict=True))
+    magnitudes (two suggestions on the attribute, combined by ``retouch_parameters``), as (magnitudes,
+    parameter value), sorted by size."""
     out = []
     for count in (1, 2):
         for group in combinations(MAGNITUDES, count):
-            if op in _MULTIPLICATIVE:
-                value = 1.0
-                for m in group:
-                    value *= steps[m] ** direction
-            else:
-                value = direction * sum(steps[m] for m in group)
-            out.append((group, value))
+            params, _ = retouch_parameters(Suggestion(op, direction, m) for m in group)
+            out.append((group, params[op]))
     return sorted(out, key=lambda item: abs(item[1] - NEUTRAL_PARAMETERS[op]))
 
 
