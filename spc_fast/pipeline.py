@@ -144,19 +144,33 @@ class Pipeline:
         self.artist = artist if artist is not None else RuleArtist()
         self.rescore = rescore
 
+    def _critique(self, images: list[torch.Tensor]) -> tuple[list[CriticOutput], torch.Tensor | None]:
+        # A critic that measures the attributes anyway (the analytic one, through ``analyse``) hands them over,
+        # so each image is measured once; any other critic gets its attributes measured here.
+        analyse = getattr(self.critic, "analyse", None)
+        if analyse is None:
+            return self.critic.critique(images), None
+        critiques = analyse(images)
+        names = photometric.ATTRIBUTE_NAMES
+        attributes = torch.tensor([[c.measured[name] for name in names] for c in critiques], dtype=torch.float32)
+        return [c.output for c in critiques], attributes
+
     def enhance(self, images: Images) -> EnhanceResult:
         """Critique and edit images: a (B, 3, H, W) batch or a list of (3, H, W) images of any sizes."""
         image_list = as_image_list(images)
-        outputs = self.critic.critique(image_list)
+        outputs, a_before = self._critique(image_list)
         edited = self.artist.edit(image_list, outputs)
-        a_before, a_after = _attributes(image_list), _attributes(edited)
+        scores_after: list[float | None] = [None] * len(image_list)
+        a_after = None
+        if self.rescore:
+            outputs_after, a_after = self._critique(edited)
+            scores_after = [o.score for o in outputs_after]
+            ranks = rewards.rank_reward([o.score for o in outputs], scores_after)
+        a_before = _attributes(image_list) if a_before is None else a_before
+        a_after = _attributes(edited) if a_after is None else a_after
         suggestions = [o.suggestions for o in outputs]
         compliance = rewards.compliance_from_attributes(a_before, a_after, suggestions)
         formats = rewards.format_reward(outputs)
-        scores_after: list[float | None] = [None] * len(image_list)
-        if self.rescore:
-            scores_after = [o.score for o in self.critic.critique(edited)]
-            ranks = rewards.rank_reward([o.score for o in outputs], scores_after)
         records = []
         for i, output in enumerate(outputs):
             params, conflicts = executor_parameters(output)
