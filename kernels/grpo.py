@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from spc_fast.kernels.dispatch import interpreting
-from spc_fast.kernels.retouch_chain import _round_to_bfloat16
+from spc_fast.kernels.tl_colour import round_to_bfloat16
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -106,7 +106,7 @@ def _grpo_rows_kernel(
             p = tl.exp2(z - lse2)  # softmax(z / T)_j
             grad = coef * (tl.where(c == target, 1.0, 0.0) - p)  # ∂Loss/∂z_j = w ℓ' (1[j = id] − p_j) / T
             if IS_BFLOAT16:
-                grad = _round_to_bfloat16(grad)
+                grad = round_to_bfloat16(grad)
             tl.store(grad_row + c, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
 

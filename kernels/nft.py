@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from spc_fast.kernels.dispatch import interpreting
-from spc_fast.kernels.retouch_chain import _round_to_bfloat16
+from spc_fast.kernels.tl_colour import round_to_bfloat16
 
 NUM_SUMS = 5  # Σu⁺², Σ|u⁺|, Σu⁻², Σ|u⁻|, Σ(v_θ − v_ref)²
 
@@ -112,7 +112,7 @@ def _nft_pass_kernel(
             if HAS_REF:
                 grad += c_ref * kl
             if IS_BFLOAT16:
-                grad = _round_to_bfloat16(grad)
+                grad = round_to_bfloat16(grad)
             tl.store(grad_ptr + offset + idx, grad.to(grad_ptr.dtype.element_ty), mask=mask)
 
     if WRITE_SUMS:

@@ -28,6 +28,7 @@ import triton.language as tl
 from spc_fast import colour
 from spc_fast.colour_torch import uint8_linear_table
 from spc_fast.kernels.dispatch import interpreting, use_triton
+from spc_fast.kernels.tl_colour import lab_f, srgb_to_linear
 from spc_fast.photometric import NUM_STATS
 
 # Linear RGB -> (X/Xn, Y/Yn, Z/Zn): the D65 white division is folded into the rows of the matrix.
@@ -44,10 +45,6 @@ ZB = tl.constexpr(float(_XYZ_SCALED[2, 2]))
 WHITE_X = tl.constexpr(float(colour.WHITE_D65[0]))
 WHITE_Z = tl.constexpr(float(colour.WHITE_D65[2]))
 
-SRGB_BREAK = tl.constexpr(colour.SRGB_BREAK)
-LAB_EPSILON = tl.constexpr(colour.LAB_EPSILON)
-LAB_SLOPE = tl.constexpr(colour.LAB_SLOPE)
-LAB_OFFSET = tl.constexpr(colour.LAB_OFFSET)
 
 CBRT_NEWTON = True
 
@@ -64,32 +61,6 @@ INTERPRET_MIN_PROGRAMS = 8
 
 
 @triton.jit
-def _cbrt_newton(t):
-    # t >= LAB_EPSILON (normal, positive): FMA-pipe-only cube root.
-    bits = t.to(tl.uint32, bitcast=True)
-    # The exponent field is a log2, so bits(t^(-1/3)) ~ K - bits(t) / 3; K = 0x54A232A3 minimises the worst
-    # relative error of the guess over [LAB_EPSILON, 8] (3.4e-2).
-    r = (0x54A232A3 - bits // 3).to(tl.float32, bitcast=True)
-    minus_t_third = t * (-1.0 / 3.0)
-    # Newton on r^-3 = t: r <- r (4 - t r^3) / 3; relative error 3.4e-2 -> 2e-3 -> 1e-5
-    r = r * tl.fma(minus_t_third, r * r * r, 4.0 / 3.0)
-    r = r * tl.fma(minus_t_third, r * r * r, 4.0 / 3.0)
-    r2 = r * r  # ~ t^(-2/3) = 1 / cbrt(t)^2
-    y = t * r2  # cbrt(t) = t * t^(-2/3)
-    # Newton on y^3 = t with 1 / (3 y^2) ~ r^2 / 3: y <- y - (y^3 - t) r^2 / 3, to float32 rounding
-    return tl.fma(tl.fma(y * y, y, -t), r2 * (-1.0 / 3.0), y)
-
-
-@triton.jit
-def _lab_f(t, CBRT_NEWTON: tl.constexpr):
-    # CIE f(t) = t^(1/3) above (6/29)^3, t / (3 (6/29)^2) + 4/29 below; the root sees the clamped argument.
-    # exp2 variant: t^(1/3) = 2^(log2(t) / 3).
-    safe = tl.maximum(t, LAB_EPSILON)
-    cube_root = _cbrt_newton(safe) if CBRT_NEWTON else tl.exp2(tl.log2(safe) * (1.0 / 3.0))
-    return tl.where(t > LAB_EPSILON, cube_root, t * LAB_SLOPE + LAB_OFFSET)
-
-
-@triton.jit
 def _decode(ptr, mask, table_ptr, IS_UINT8: tl.constexpr):
     # sRGB code value -> linear RGB (float32). Masked lanes load 0, which decodes to exactly 0.
     if IS_UINT8:
@@ -97,9 +68,7 @@ def _decode(ptr, mask, table_ptr, IS_UINT8: tl.constexpr):
         linear = tl.load(table_ptr + code)  # table[q] = linearise(q / 255), 256 float32 in L1
     else:
         c = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)  # upcast before any arithmetic (bf16, fp16)
-        # c <= 0.04045: c / 12.92, else ((c + 0.055) / 1.055)^2.4 = 2^(2.4 log2(...)), argument >= 0.052
-        curve = tl.exp2(2.4 * tl.log2(c * (1.0 / 1.055) + 0.055 / 1.055))
-        linear = tl.where(c <= SRGB_BREAK, c * (1.0 / 12.92), curve)
+        linear = srgb_to_linear(c)
     return linear
 
 
@@ -159,9 +128,9 @@ def _photometric_stats_kernel(
         x = r * XR + g * XG + b * XB  # X / Xn
         y = r * YR + g * YG + b * YB  # Y / Yn (Yn = 1)
         z = r * ZR + g * ZG + b * ZB  # Z / Zn
-        fx = _lab_f(x, CBRT_NEWTON)
-        fy = _lab_f(y, CBRT_NEWTON)
-        fz = _lab_f(z, CBRT_NEWTON)
+        fx = lab_f(x, CBRT_NEWTON)
+        fy = lab_f(y, CBRT_NEWTON)
+        fz = lab_f(z, CBRT_NEWTON)
         lightness = 116.0 * fy - 16.0  # L*
         a = 500.0 * (fx - fy)  # a*
         bb = 200.0 * (fy - fz)  # b*

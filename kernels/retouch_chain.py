@@ -22,16 +22,10 @@ import triton.language as tl
 
 from spc_fast import colour
 from spc_fast.colour_torch import uint8_linear_table
+from spc_fast.kernels.tl_colour import lab_f, lab_f_inverse, linear_to_srgb, round_to_bfloat16, srgb_to_linear
 
 BLOCK_PIXELS = 1024
 NUM_WARPS = 4
-
-SRGB_BREAK = tl.constexpr(colour.SRGB_BREAK)
-SRGB_LINEAR_BREAK = tl.constexpr(colour.SRGB_LINEAR_BREAK)
-LAB_DELTA = tl.constexpr(colour.LAB_DELTA)
-LAB_EPSILON = tl.constexpr(colour.LAB_EPSILON)
-LAB_SLOPE = tl.constexpr(colour.LAB_SLOPE)
-LAB_OFFSET = tl.constexpr(colour.LAB_OFFSET)
 
 # Row-major 3x3 matrices of the Lab conversions, with the D65 white folded in:
 # [0:9] linear RGB -> XYZ / white, [9:18] XYZ / white -> linear RGB.
@@ -53,59 +47,23 @@ def _matvec(m_ptr, x0, x1, x2):
 
 
 @triton.jit
-def _srgb_to_linear(c):
-    # c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4
-    curve = tl.exp2(2.4 * tl.log2((c + 0.055) / 1.055))
-    return tl.where(c <= SRGB_BREAK, c / 12.92, curve)
-
-
-@triton.jit
-def _linear_to_srgb(c):
-    # c <= 0.0031308 ? 12.92 c : 1.055 c ** (1 / 2.4) - 0.055
-    curve = 1.055 * tl.exp2(tl.log2(tl.maximum(c, SRGB_LINEAR_BREAK)) / 2.4) - 0.055
-    return tl.where(c <= SRGB_LINEAR_BREAK, 12.92 * c, curve)
-
-
-@triton.jit
-def _lab_f(t):
-    # t > (6/29)^3 ? cbrt(t) : t / (3 (6/29)^2) + 4/29
-    cube_root = tl.exp2(tl.log2(tl.maximum(t, LAB_EPSILON)) / 3.0)
-    return tl.where(t > LAB_EPSILON, cube_root, t * LAB_SLOPE + LAB_OFFSET)
-
-
-@triton.jit
-def _lab_f_inverse(f):
-    # f > 6/29 ? f^3 : (f - 4/29) * 3 (6/29)^2
-    return tl.where(f > LAB_DELTA, f * f * f, (f - LAB_OFFSET) / LAB_SLOPE)
-
-
-@triton.jit
 def _linear_to_lab(lab_ptr, r, g, b):
     x, y, z = _matvec(lab_ptr, r, g, b)  # XYZ / white
-    fx = _lab_f(x)
-    fy = _lab_f(y)
-    fz = _lab_f(z)
+    fx = lab_f(x, True)  # the FMA-only Newton cube root
+    fy = lab_f(y, True)
+    fz = lab_f(z, True)
     return 116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)
 
 
 @triton.jit
 def _lab_to_clipped_linear(lab_ptr, lightness, a, b):
     fy = (lightness + 16.0) / 116.0
-    x = _lab_f_inverse(fy + a / 500.0)
-    y = _lab_f_inverse(fy)
-    z = _lab_f_inverse(fy - b / 200.0)
+    x = lab_f_inverse(fy + a / 500.0)
+    y = lab_f_inverse(fy)
+    z = lab_f_inverse(fy - b / 200.0)
     r, g, bl = _matvec(lab_ptr + 9, x, y, z)
     # the sRGB clip of the step, done on the linear side
     return tl.clamp(r, 0.0, 1.0), tl.clamp(g, 0.0, 1.0), tl.clamp(bl, 0.0, 1.0)
-
-
-@triton.jit
-def _round_to_bfloat16(x):
-    # nearest-even bf16 value of fp32 x, kept in fp32: add half an ulp (+1 on odd ties), drop the low 16 bits
-    # Compiled, this equals the plain cast; Triton's interpreter truncates in the cast, so round explicitly.
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
-    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -155,9 +113,9 @@ def _retouch_chain_kernel(
         g = tl.load(table_ptr + tl.load(x_pix + sxc, mask=mask, other=0).to(tl.int32))
         b = tl.load(table_ptr + tl.load(x_pix + 2 * sxc, mask=mask, other=0).to(tl.int32))
     else:
-        r = _srgb_to_linear(tl.load(x_pix, mask=mask, other=0.0).to(tl.float32))
-        g = _srgb_to_linear(tl.load(x_pix + sxc, mask=mask, other=0.0).to(tl.float32))
-        b = _srgb_to_linear(tl.load(x_pix + 2 * sxc, mask=mask, other=0.0).to(tl.float32))
+        r = srgb_to_linear(tl.load(x_pix, mask=mask, other=0.0).to(tl.float32))
+        g = srgb_to_linear(tl.load(x_pix + sxc, mask=mask, other=0.0).to(tl.float32))
+        b = srgb_to_linear(tl.load(x_pix + 2 * sxc, mask=mask, other=0.0).to(tl.float32))
 
     # temperature then exposure: clip(k clip(M lin, 0, 1), 0, 1) = clamp(k M lin, 0, min(k, 1)), k = 2^ev > 0
     upper = tl.load(upper_ptr + img)
@@ -178,17 +136,17 @@ def _retouch_chain_kernel(
         lightness, a_star, b_star = _linear_to_lab(lab_ptr, r, g, b)
         r, g, b = _lab_to_clipped_linear(lab_ptr, lightness, s * a_star, s * b_star)
 
-    r = _linear_to_srgb(r)
-    g = _linear_to_srgb(g)
-    b = _linear_to_srgb(b)
+    r = linear_to_srgb(r)
+    g = linear_to_srgb(g)
+    b = linear_to_srgb(b)
     if IS_UINT8:
         r = tl.floor(r * 255.0 + 0.5)
         g = tl.floor(g * 255.0 + 0.5)
         b = tl.floor(b * 255.0 + 0.5)
     if IS_BFLOAT16:
-        r = _round_to_bfloat16(r)
-        g = _round_to_bfloat16(g)
-        b = _round_to_bfloat16(b)
+        r = round_to_bfloat16(r)
+        g = round_to_bfloat16(g)
+        b = round_to_bfloat16(b)
     tl.store(y_pix, r.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(y_pix + syc, g.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(y_pix + 2 * syc, b.to(y_ptr.dtype.element_ty), mask=mask)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from spc_fast import colour, photometric
 from spc_fast.images import numpy_to_unit
 from spc_fast.kernels import photometric_stats as kernel
-from spc_fast.kernels.photometric_stats import _lab_f
+from spc_fast.kernels.tl_colour import lab_f
 
 # Per input dtype: (relative tolerance on exposure/contrast/saturation, absolute floor in L*/C* units for
 # values near 0 such as the saturation of a grey image, relative tolerance on CCT). The reference is fed the
@@ -190,7 +190,7 @@ def _lab_f_probe(t_ptr, out_ptr, n, CBRT_NEWTON: tl.constexpr, BLOCK: tl.constex
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offsets < n
     t = tl.load(t_ptr + offsets, mask=mask, other=0.0)
-    tl.store(out_ptr + offsets, _lab_f(t, CBRT_NEWTON), mask=mask)
+    tl.store(out_ptr + offsets, lab_f(t, CBRT_NEWTON), mask=mask)
 
 
 def lab_f_errors(device: str, newton: bool) -> np.ndarray:
