@@ -226,6 +226,11 @@ def perceptual_reward(x_edit: torch.Tensor, x_gt: torch.Tensor, lpips_model: tor
     device."""
     edit, _ = check_batch(x_edit)
     ref, _ = check_batch(x_gt)
+    return _lpips_similarity(edit, ref, lpips_model)
+
+
+def _lpips_similarity(edit: torch.Tensor, ref: torch.Tensor, lpips_model: torch.nn.Module) -> torch.Tensor:
+    # exp(-LPIPS) of batches whose values were already validated (check_batch reads every pixel once more)
     if edit.shape != ref.shape:
         raise ValueError(
             f"edited images {tuple(edit.shape)} and references {tuple(ref.shape)} differ in shape; "
@@ -264,7 +269,9 @@ def artist_reward(
     a_x, a_edit, a_gt = _measure(x, x_edit, x_gt)
     r_comp = compliance_from_attributes(a_x, a_edit, suggestions, tau)
     r_photo = photometric_control_from_attributes(a_x, a_edit, a_gt, tau, eps)
-    r_perc = perceptual_reward(x_edit, x_gt, lpips_model)
+    # _measure validated every batch already: skip perceptual_reward's second pass over the pixels
+    batched = [x if x.dim() == 4 else x.unsqueeze(0) for x in (x_edit, x_gt)]
+    r_perc = _lpips_similarity(*batched, lpips_model)
     return r_comp * (lambda_photo * r_photo + lambda_perc * r_perc)
 
 
