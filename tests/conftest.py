@@ -22,6 +22,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Run ops on their torch path: for tests of the command line and the pipeline, not of the kernels,
+    where the Triton interpreter would only make them slow."""
+    monkeypatch.setenv("SPC_FAST_DISABLE_TRITON", "1")
+
+
 @pytest.fixture(scope="session")
 def photos():
     """The colour photographs bundled inside scikit-image, as H x W x 3 uint8 arrays."""

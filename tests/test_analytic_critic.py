@@ -53,10 +53,7 @@ from spc_fast.critic.rules import (
 SIDE = 160
 
 
-@pytest.fixture(autouse=True)
-def _torch_path(monkeypatch):
-    # The critic simulates edits with retouch.apply; the Triton interpreter would only make that slow here.
-    monkeypatch.setenv("SPC_FAST_DISABLE_TRITON", "1")
+pytestmark = pytest.mark.usefixtures("torch_path")
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,7 @@ import torch
 
 from spc_fast.bench import enhance_quality, harness, rewards, runner
 
-
-@pytest.fixture(autouse=True)
-def _torch_path(monkeypatch):
-    monkeypatch.setenv("SPC_FAST_DISABLE_TRITON", "1")
+pytestmark = pytest.mark.usefixtures("torch_path")
 
 
 def test_rewards_quick_rows():

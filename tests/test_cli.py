@@ -20,10 +20,7 @@ from spc_fast.io import load_image, load_tensor, save_image
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 
 
-@pytest.fixture(autouse=True)
-def _torch_path(monkeypatch):
-    # The command line is under test here, not the kernels: skip the slow Triton interpreter.
-    monkeypatch.setenv("SPC_FAST_DISABLE_TRITON", "1")
+pytestmark = pytest.mark.usefixtures("torch_path")
 
 
 @pytest.fixture

@@ -16,10 +16,7 @@ from spc_fast.batch import BatchResult, Failure, collect_inputs, enhance_files, 
 from spc_fast.critic.format import parse
 from spc_fast.io import load_image, load_tensor
 
-
-@pytest.fixture(autouse=True)
-def _torch_path(monkeypatch):
-    monkeypatch.setenv("SPC_FAST_DISABLE_TRITON", "1")
+pytestmark = pytest.mark.usefixtures("torch_path")
 
 
 @pytest.fixture(scope="module")

@@ -26,9 +26,7 @@ from spc_fast.pipeline import (
 SIDE = 128
 
 
-@pytest.fixture(autouse=True)
-def _torch_path(monkeypatch):
-    monkeypatch.setenv("SPC_FAST_DISABLE_TRITON", "1")
+pytestmark = pytest.mark.usefixtures("torch_path")
 
 
 @pytest.fixture(scope="module")
