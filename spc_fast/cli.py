@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     enhance = commands.add_parser(
-        "enhance", help="critique and edit images (analytic critic + rule executor)", description=_enhance.__doc__
+        "enhance", help="critique and edit images (analytic or neural critic, rule or diffusion artist)",
+        description=_enhance.__doc__,
     )
     enhance.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files or folders of images")
     enhance.add_argument(
@@ -57,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--report", type=Path, metavar="JSON", help="write each image's critique, attributes "
                          "before/after and rewards to this JSON file")
     enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (even the inputs)")
+    _model_arguments(enhance, artist=True)
     enhance.set_defaults(run=_enhance)
 
     critique = commands.add_parser(
-        "critique", help="print the analytic critic's tagged answer for images", description=_critique.__doc__
+        "critique", help="print the critic's tagged answer for images", description=_critique.__doc__
     )
     critique.add_argument("images", nargs="+", type=Path, metavar="IMG")
+    _model_arguments(critique, artist=False)
     critique.set_defaults(run=_critique)
 
     analyze = commands.add_parser(
@@ -129,15 +132,74 @@ def _report_failures(failures: list[str], total: int) -> int:
     return 1 if failures else 0
 
 
-def _enhance(args: argparse.Namespace) -> int:
-    """Critique each image with the analytic critic and execute its tone/colour suggestions with the rule-based
-    operators (no model weights needed). IN may be files or folders (their images, not recursive); OUT is the
-    output file for a single input file, else a folder keeping the input names. EXIF is kept; 16-bit sources
-    are written as 16-bit PNG. Failing images are listed at the end (exit status 1); the others are written."""
+def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
+    group = parser.add_argument_group("neural models (local directories only; nothing is downloaded)")
+    group.add_argument("--critic", type=Path, metavar="DIR",
+                       help="Qwen2.5-VL critic in the release layout (vlm/, optional vlm_lora/)")
+    if artist:
+        group.add_argument("--artist", type=Path, metavar="DIR",
+                           help="diffusers Qwen-Image-Edit-2509 directory (transformer/, vae/, scheduler/); needs "
+                           "--critic")
+        group.add_argument("--release", type=Path, metavar="DIR", help="directory with the release's "
+                           "dit.safetensors and dit_lora/ (default: the --artist directory)")
+        group.add_argument("--steps", type=int, default=20, metavar="N", help="sampling steps (default 20)")
+        group.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
+        group.add_argument("--pixels", type=int, default=1024 * 1024, metavar="N",
+                           help="the artist generates at about N pixels, sides multiples of 16, then resizes to the "
+                           "input size (default 1048576, the model's ~1 MP)")
+    group.add_argument("--attention", default="auto", choices=("auto", "sdpa", "flash", "xformers"),
+                       help="attention backend of both models (default auto: flash-attn when it can run, else SDPA)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the decode step and the DiT")
+    group.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="critic answer length cap")
+    group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
+    group.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                       help="model precision (default: bfloat16 on CUDA, float32 on the CPU)")
+
+
+def _neural_options(args: argparse.Namespace) -> dict:
+    import torch
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    return {"device": args.device, "dtype": dtype, "attention": args.attention, "compile": args.compile}
+
+
+def _pipeline(args: argparse.Namespace):
+    """The pipeline the flags ask for, and its description for the report."""
     import dataclasses
 
+    from spc_fast.pipeline import DiffusionArtist, Pipeline, RuleArtist
+
+    if args.artist is not None and args.critic is None:
+        raise ValueError("--artist needs --critic DIR: the artist is conditioned on the neural critic's hidden states")
+    if args.critic is None:
+        pipeline = Pipeline()
+        return pipeline, {"critic": "AnalyticCritic", "artist": "RuleArtist",
+                          "critic_config": dataclasses.asdict(pipeline.critic.config)}
+    from spc_fast.models import factory
+
+    options = _neural_options(args)
+    critic = factory.load_critic(args.critic, max_new_tokens=args.max_new_tokens, **options)
+    config = {"critic": "ImageCritic", "critic_dir": str(args.critic), "critic_attention": critic.attention}
+    if args.artist is None:
+        artist = RuleArtist()
+        config["artist"] = "RuleArtist"
+    else:
+        photo_artist = factory.load_artist(args.artist, release=args.release, **options)
+        artist = DiffusionArtist(photo_artist, num_steps=args.steps, target_pixels=args.pixels, seed=args.seed)
+        config.update(artist="DiffusionArtist", artist_dir=str(args.artist), artist_attention=photo_artist.attention,
+                      steps=args.steps, seed=args.seed)
+    logger.info("models: %s", ", ".join(f"{k} {v}" for k, v in config.items()))
+    return Pipeline(critic, artist), config
+
+
+def _enhance(args: argparse.Namespace) -> int:
+    """Critique each image and execute the critique. Without model directories the analytic critic judges and
+    the rule-based operators execute the tone/colour suggestions (no weights needed); --critic DIR makes the
+    Qwen2.5-VL critic judge, and --artist DIR makes the Qwen-Image-Edit artist execute, conditioned on the critic's
+    hidden states. IN may be files or folders (their images, not recursive); OUT is the output file for a single
+    input file, else a folder keeping the input names. Outputs keep the input size and EXIF; 16-bit sources are
+    written as 16-bit PNG. Failing images are listed at the end (exit status 1); the others are written."""
     from spc_fast import batch
-    from spc_fast.pipeline import Pipeline
 
     progress = None
     if len(args.inputs) > 1 or any(p.is_dir() for p in args.inputs):
@@ -146,7 +208,7 @@ def _enhance(args: argparse.Namespace) -> int:
         def progress(items):
             return tqdm(items, desc="enhance", unit="image", file=sys.stderr, disable=len(items) < 2)
 
-    pipeline = Pipeline()
+    pipeline, config = _pipeline(args)
     result = batch.enhance_files(
         args.inputs, args.output, pipeline=pipeline, overwrite=args.overwrite, progress=progress
     )
@@ -155,8 +217,6 @@ def _enhance(args: argparse.Namespace) -> int:
         edits = "; ".join(item["critique"]["suggestions"]) or "no edit"
         print(f"{item['input']} -> {item['output']}: score {_score(score)} -> {_score(after)}; {edits}")
     if args.report is not None:
-        config = {"critic": type(pipeline.critic).__name__, "artist": type(pipeline.artist).__name__,
-                  "critic_config": dataclasses.asdict(pipeline.critic.config)}
         batch.write_report(args.report, {"version": _version(), **config, **result.to_json()})
         print(f"wrote {args.report}")
     total = len(result.written) + len(result.failures)
@@ -164,23 +224,40 @@ def _enhance(args: argparse.Namespace) -> int:
 
 
 def _critique(args: argparse.Namespace) -> int:
-    """Print the analytic critic's answer for each image in the release's tag format (<think>, <edit_start>,
-    <answer>). A file that fails is reported at the end; the rest still run."""
-    from spc_fast.critic.analytic import AnalyticCritic
+    """Print each image's critique in the release's tag format (<think>, <edit_start>, <answer>): the analytic
+    critic's, or with --critic DIR the Qwen2.5-VL critic's answer as generated (a malformed answer is printed as
+    is and its parse errors go to stderr). A file that fails is reported at the end; the rest still run."""
     from spc_fast.critic.format import render
     from spc_fast.io import load_tensor
 
-    critic = AnalyticCritic()
+    if args.critic is None:
+        from spc_fast.critic.analytic import AnalyticCritic
+
+        analytic = AnalyticCritic()
+
+        def answer(image):
+            return render(analytic.critique([image])[0]), []
+    else:
+        from spc_fast.models import factory
+
+        critic = factory.load_critic(args.critic, max_new_tokens=args.max_new_tokens, **_neural_options(args))
+
+        def answer(image):
+            critique = critic.critique([image])
+            return critique.texts[0], critique.outputs[0].errors
+
     failures = []
     for path in args.images:
         try:
-            output = critic.critique([load_tensor(path)])[0]
+            text, errors = answer(load_tensor(path))
         except ValueError as error:
             failures.append(str(error))
             continue
         if len(args.images) > 1:
             print(f"== {path}")
-        print(render(output))
+        print(text)
+        for error in errors:
+            print(f"{PROG}: warning: {path}: critic answer: {error}", file=sys.stderr)
     return _report_failures(failures, len(args.images))
 
 
@@ -271,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         if bench_argv is not None:
             return _bench(bench_argv)
         return args.run(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:  # bad input or an incomplete model directory
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     finally:

@@ -2,8 +2,10 @@
 
 Critic and artist are interchangeable behind two small protocols. The default pair needs no weights: the
 ``AnalyticCritic`` (``spc_fast.critic.analytic``) and the ``RuleArtist``, which executes the tone/colour
-suggestions with the rule-based operators (``retouch.apply``). The neural critic (Qwen2.5-VL) and artist
-(Qwen-Image-Edit) plug into the same ``Pipeline``.
+suggestions with the rule-based operators (``retouch.apply``). The neural pair plugs into the same ``Pipeline``:
+the Qwen2.5-VL ``ImageCritic`` hands its answers and its hidden states H_c over, and the ``DiffusionArtist``
+edits with the Qwen-Image-Edit ``PhotoArtist`` conditioned on H_c (``spc_fast.models`` loads both). The neural
+critic may also drive the ``RuleArtist``.
 
 ``Pipeline.enhance`` returns the edited images and one ``EnhanceRecord`` per image: the critic's answer,
 the executor parameters, conflicting suggestions, restoration ops that were suggested but not executed,
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 
 from spc_fast import photometric, retouch, rewards
 from spc_fast.critic.analytic import AnalyticCritic, as_image_list
@@ -30,22 +33,37 @@ from spc_fast.critic.format import (
     retouch_parameters,
     suggestion_phrase,
 )
+from spc_fast.images import from_unit_float
 
 Images = torch.Tensor | Sequence[torch.Tensor]
+Conditioning = tuple[torch.Tensor, torch.Tensor]  # H_c [B, S, D] right-padded and its mask [B, S]
 
 
 @runtime_checkable
 class Critic(Protocol):
-    def critique(self, images: Images) -> list[CriticOutput]:
-        """One answer per image of a (B, 3, H, W) batch or a list of (3, H, W) images."""
+    def critique(self, images: Images):
+        """One answer per image of a (B, 3, H, W) batch or a list of (3, H, W) images: a list of
+        ``CriticOutput``, or (the neural critic) an object with ``outputs`` and H_c as ``hidden`` and ``mask``."""
         ...
 
 
 @runtime_checkable
 class Artist(Protocol):
-    def edit(self, images: Images, outputs: Sequence[CriticOutput]) -> list[torch.Tensor]:
-        """Each image edited as its critic answer asks; (3, H, W) tensors of the input dtype."""
+    def edit(
+        self, images: Images, outputs: Sequence[CriticOutput], conditioning: Conditioning | None = None
+    ) -> list[torch.Tensor]:
+        """Each image edited as its critic answer (and, for a neural artist, H_c) asks; (3, H, W) tensors of
+        the input size and dtype."""
         ...
+
+
+@dataclass
+class Judgement:
+    """The critic's answers for a batch, with what it computed on the way."""
+
+    outputs: list[CriticOutput]
+    attributes: torch.Tensor | None = None  # [B, 4], when the critic measured them (the analytic one)
+    conditioning: Conditioning | None = None  # H_c, when the critic is a neural one
 
 
 def executor_parameters(output: CriticOutput) -> tuple[dict[str, float], list[str]]:
@@ -68,7 +86,9 @@ class RuleArtist:
     Restoration, depth-of-field and bokeh suggestions are not executed (``EnhanceRecord.not_executed``).
     """
 
-    def edit(self, images: Images, outputs: Sequence[CriticOutput]) -> list[torch.Tensor]:
+    def edit(
+        self, images: Images, outputs: Sequence[CriticOutput], conditioning: Conditioning | None = None
+    ) -> list[torch.Tensor]:
         image_list = as_image_list(images)
         if len(outputs) != len(image_list):
             raise ValueError(f"got {len(outputs)} critic answers for {len(image_list)} images; pass one per image")
@@ -82,6 +102,52 @@ class RuleArtist:
                 op: torch.tensor([params[i][op] for i in indices], dtype=torch.float64) for op in TONE_OPS
             }
             out = retouch.apply(batch, **values)
+            for i, image in zip(indices, out.unbind(0), strict=True):
+                edited[i] = image
+        return edited
+
+
+class DiffusionArtist:
+    """Edits with a ``PhotoArtist`` (Qwen-Image-Edit) conditioned on the neural critic's H_c: images of one size go
+    through the sampler as one batch (generated at about ``target_pixels``, sides multiples of 16), each seeded with
+    ``seed + its index``, and come back at their input size and dtype."""
+
+    def __init__(self, artist, *, num_steps: int = 20, target_pixels: int | None = None, seed: int = 0) -> None:
+        from spc_fast.artist.sampler import DEFAULT_PIXELS
+
+        self.artist = artist
+        self.num_steps = num_steps
+        self.target_pixels = target_pixels or DEFAULT_PIXELS
+        self.seed = seed
+
+    def edit(
+        self, images: Images, outputs: Sequence[CriticOutput], conditioning: Conditioning | None = None
+    ) -> list[torch.Tensor]:
+        image_list = as_image_list(images)
+        if conditioning is None:
+            raise ValueError(
+                "the diffusion artist is conditioned on a neural critic's hidden states (H_c); pair it with the "
+                "ImageCritic (spc-fast enhance --critic DIR --artist DIR)"
+            )
+        hidden, mask = conditioning
+        if len(outputs) != len(image_list) or hidden.shape[0] != len(image_list):
+            raise ValueError(f"got {len(outputs)} answers and {hidden.shape[0]} H_c rows for {len(image_list)} images")
+        edited: list[torch.Tensor | None] = [None] * len(image_list)
+        for indices in _same_size_groups(image_list, range(len(image_list))):
+            rows = torch.tensor(indices, device=hidden.device)
+            width = int(mask[rows].sum(1).max())  # the group's longest H_c
+            batch = torch.stack([image_list[i] for i in indices])
+            out = self.artist.edit(
+                batch,
+                hidden[rows, :width],
+                mask[rows, :width],
+                num_steps=self.num_steps,
+                target_pixels=self.target_pixels,
+                generator=[torch.Generator().manual_seed(self.seed + i) for i in indices],
+            ).images
+            if out.shape[-2:] != batch.shape[-2:]:
+                out = F.interpolate(out, size=batch.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
+            out = from_unit_float(out.clamp(0, 1).to(batch.device), batch.dtype)
             for i, image in zip(indices, out.unbind(0), strict=True):
                 edited[i] = image
         return edited
@@ -144,29 +210,35 @@ class Pipeline:
         self.artist = artist if artist is not None else RuleArtist()
         self.rescore = rescore
 
-    def _critique(self, images: list[torch.Tensor]) -> tuple[list[CriticOutput], torch.Tensor | None]:
-        # A critic that measures the attributes anyway (the analytic one, through ``analyse``) hands them over,
-        # so each image is measured once; any other critic gets its attributes measured here.
+    def judge(self, images: list[torch.Tensor]) -> Judgement:
+        """The critic's answers. A critic that measures the attributes anyway (the analytic one, through
+        ``analyse``) hands them over, so each image is measured once; a neural critic hands over H_c."""
         analyse = getattr(self.critic, "analyse", None)
-        if analyse is None:
-            return self.critic.critique(images), None
-        critiques = analyse(images)
-        names = photometric.ATTRIBUTE_NAMES
-        attributes = torch.tensor([[c.measured[name] for name in names] for c in critiques], dtype=torch.float32)
-        return [c.output for c in critiques], attributes
+        if analyse is not None:
+            critiques = analyse(images)
+            names = photometric.ATTRIBUTE_NAMES
+            measured = [[c.measured[name] for name in names] for c in critiques]
+            return Judgement([c.output for c in critiques], torch.tensor(measured, dtype=torch.float32))
+        answer = self.critic.critique(images)
+        hidden = getattr(answer, "hidden", None)
+        if hidden is None:
+            return Judgement(list(answer))
+        return Judgement(list(answer.outputs), conditioning=(hidden, answer.mask))
 
     def enhance(self, images: Images) -> EnhanceResult:
         """Critique and edit images: a (B, 3, H, W) batch or a list of (3, H, W) images of any sizes."""
         image_list = as_image_list(images)
-        outputs, a_before = self._critique(image_list)
-        edited = self.artist.edit(image_list, outputs)
+        before = self.judge(image_list)
+        outputs = before.outputs
+        edited = self.artist.edit(image_list, outputs, before.conditioning)
         scores_after: list[float | None] = [None] * len(image_list)
         a_after = None
         if self.rescore:
-            outputs_after, a_after = self._critique(edited)
-            scores_after = [o.score for o in outputs_after]
+            after = self.judge(edited)
+            a_after = after.attributes
+            scores_after = [o.score for o in after.outputs]
             ranks = rewards.rank_reward([o.score for o in outputs], scores_after)
-        a_before = _attributes(image_list) if a_before is None else a_before
+        a_before = _attributes(image_list) if before.attributes is None else before.attributes
         a_after = _attributes(edited) if a_after is None else a_after
         suggestions = [o.suggestions for o in outputs]
         compliance = rewards.compliance_from_attributes(a_before, a_after, suggestions)

@@ -22,6 +22,7 @@ from spc_fast.artist.sampler import dynamic_shift, output_size, pack_latents, un
 from spc_fast.models.qwen_image import (  # noqa: E402
     DIT_CONFIG,
     SCHEDULER_CONFIG,
+    TINY_DIT_CONFIG,
     load_artist,
     save_artist,
     save_lora,
@@ -44,7 +45,8 @@ def fresh(parts, real_rope: bool = True) -> PhotoArtist:
 
 
 def conditioning(batch: int = 1, length: int = 7, valid: tuple[int, ...] = (5,), seed: int = 3):
-    h_c = torch.randn(batch, length, 32, generator=torch.Generator().manual_seed(seed))
+    width = TINY_DIT_CONFIG["joint_attention_dim"]
+    h_c = torch.randn(batch, length, width, generator=torch.Generator().manual_seed(seed))
     mask = torch.zeros(batch, length, dtype=torch.bool)
     for i, n in enumerate(valid):
         mask[i, :n] = True

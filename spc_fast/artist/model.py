@@ -19,6 +19,7 @@ from spc_fast.artist.sampler import (
     schedule,
     unpack_latents,
 )
+from spc_fast.attention import set_dit_attention
 from spc_fast.images import check_batch, to_unit_float
 
 Generators = torch.Generator | list[torch.Generator] | None
@@ -36,8 +37,9 @@ class PhotoArtist:
     """Transformer + VAE + scheduler in the Qwen-Image-Edit-2509 layout, with our own sampling loop.
 
     `real_rope=True` switches the DiT to the real-valued RoPE path (`spc_fast.artist.rope`), numerically equal to
-    diffusers' complex one and free of complex tensors for `torch.compile` / export. Outputs above
-    `tiled_decode_pixels` are decoded with the VAE's spatial tiling.
+    diffusers' complex one and free of complex tensors for `torch.compile` / export. `attention` is one of
+    `spc_fast.attention.BACKENDS`; `self.attention` is the backend that runs. Outputs above `tiled_decode_pixels` are
+    decoded with the VAE's spatial tiling.
     """
 
     def __init__(
@@ -47,9 +49,11 @@ class PhotoArtist:
         scheduler: FlowMatchEulerDiscreteScheduler,
         *,
         real_rope: bool = True,
+        attention: str = "auto",
         tiled_decode_pixels: int = 2 * DEFAULT_PIXELS,
     ) -> None:
         self.transformer = use_real_rope(transformer) if real_rope else transformer
+        self.attention = set_dit_attention(self.transformer, attention)
         self.vae = vae
         self.scheduler = scheduler
         self.tiled_decode_pixels = tiled_decode_pixels

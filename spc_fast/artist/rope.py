@@ -10,6 +10,8 @@ swaps two pieces of a loaded `QwenImageTransformer2DModel`, leaving its weights 
   float32 tables computed on the fly (no caches, no complex numbers);
 - every block's attention processor -> `RealRopeJointAttnProcessor`: the same joint text+image attention, rotating
   the (even, odd) pairs of q and k as `(a cos - b sin, a sin + b cos)`, which is the complex product written out.
+  It lays the joint sequence out image-first, so H_c's right padding is a suffix of the keys: one [B, S] key mask
+  serves every diffusers backend, and flash-attn's varlen kernel can drop the padding.
 
 Positions (scale_rope=True, as in the release): image `i` of a sample's image list, of (frames, h, w) latent patches,
 gets frame positions `i .. i+frames-1` and centred height/width positions `-(n - n//2) .. n//2 - 1`; text tokens
@@ -22,6 +24,8 @@ import torch
 from diffusers import QwenImageTransformer2DModel
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
+
+from spc_fast.attention import DIFFUSERS_MASKED_BACKEND
 
 
 def _angles(positions: torch.Tensor, dim: int, theta: float) -> torch.Tensor:
@@ -104,8 +108,9 @@ class RealRopeJointAttnProcessor:
                 "(pass encoder_hidden_states_mask)"
             )
         if encoder_hidden_states_mask is not None:
+            # [B, S_img + S_txt] key mask; H_c's right padding is its suffix (what varlen flash kernels need)
             image_mask = encoder_hidden_states_mask.new_ones(hidden_states.shape[:2])
-            attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)[:, None, None, :]
+            attention_mask = torch.cat([image_mask, encoder_hidden_states_mask], dim=1).bool()
         head_dim = attn.inner_dim // attn.heads
 
         def heads(t: torch.Tensor) -> torch.Tensor:
@@ -132,25 +137,28 @@ class RealRopeJointAttnProcessor:
             img_q, img_k = apply_real_rope(img_q, img_table), apply_real_rope(img_k, img_table)
             txt_q, txt_k = apply_real_rope(txt_q, txt_table), apply_real_rope(txt_k, txt_table)
 
-        seq_txt = encoder_hidden_states.shape[1]
+        seq_img = hidden_states.shape[1]
+        backend = self._attention_backend
+        if attention_mask is not None:
+            backend = DIFFUSERS_MASKED_BACKEND.get(getattr(backend, "value", backend), backend)
         out = (
             dispatch_attention_fn(
-                torch.cat([txt_q, img_q], dim=1),
-                torch.cat([txt_k, img_k], dim=1),
-                torch.cat([txt_v, img_v], dim=1),
+                torch.cat([img_q, txt_q], dim=1),
+                torch.cat([img_k, txt_k], dim=1),
+                torch.cat([img_v, txt_v], dim=1),
                 attn_mask=attention_mask,
                 dropout_p=0.0,
                 is_causal=False,
-                backend=self._attention_backend,
+                backend=backend,
                 parallel_config=self._parallel_config,
             )
             .flatten(2, 3)
             .to(img_q.dtype)
-        )  # [B, S_txt + S_img, H * D]
-        img_out = attn.to_out[0](out[:, seq_txt:].contiguous())
+        )  # [B, S_img + S_txt, H * D]
+        img_out = attn.to_out[0](out[:, :seq_img].contiguous())
         if len(attn.to_out) > 1:
             img_out = attn.to_out[1](img_out)
-        return img_out, attn.to_add_out(out[:, :seq_txt].contiguous())
+        return img_out, attn.to_add_out(out[:, seq_img:].contiguous())
 
 
 def use_real_rope(transformer: QwenImageTransformer2DModel) -> QwenImageTransformer2DModel:

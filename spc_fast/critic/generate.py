@@ -8,6 +8,7 @@ cache holds ``prompt + max_new_tokens`` positions, so the decode step sees one s
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -107,10 +108,13 @@ class StaticGenerator:
             attention_mask=attention,
         )  # [3, B, L], [B, 1]
         cache = StaticCache(config=model.config, max_cache_len=total)
-        mask = torch.cat([attention, attention.new_ones(batch, max_new_tokens)], dim=1)  # [B, L + T]
+        # Cache-length masks: the prefill marks the unwritten slots invalid (a flash-attn prefill unpads by this
+        # mask); decode steps mark them valid and rely on the causal mask from the cache position (SDPA).
+        prefill_mask = torch.cat([attention, attention.new_zeros(batch, max_new_tokens)], dim=1)  # [B, L + T]
+        mask = torch.cat([attention, attention.new_ones(batch, max_new_tokens)], dim=1)
         prefill = model.model(
             input_ids=ids,
-            attention_mask=mask,
+            attention_mask=prefill_mask,
             position_ids=positions,
             pixel_values=inputs.get("pixel_values"),
             image_grid_thw=inputs.get("image_grid_thw"),
@@ -127,20 +131,35 @@ class StaticGenerator:
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
         tokens, states = [], []
-        for t in range(max_new_tokens):
-            token = sample(logits, temperature, top_p, generator)
-            token = torch.where(done, self.pad_id, token)
-            lengths += (~done).long()
-            tokens.append(token)
-            done = done | torch.isin(token, stop_ids)
-            position = (next_position + t).view(1, batch, 1).expand(3, batch, 1)
-            state, logits = self.step(model, token[:, None], position, mask, cache)
-            states.append(state.clone())
-            if (t + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):
-                break
+        with _text_attention(model, "sdpa"):
+            for t in range(max_new_tokens):
+                token = sample(logits, temperature, top_p, generator)
+                token = torch.where(done, self.pad_id, token)
+                lengths += (~done).long()
+                tokens.append(token)
+                done = done | torch.isin(token, stop_ids)
+                position = (next_position + t).view(1, batch, 1).expand(3, batch, 1)
+                state, logits = self.step(model, token[:, None], position, mask, cache)
+                states.append(state.clone())
+                if (t + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):
+                    break
         generated = torch.stack(tokens, dim=1)  # [B, T]
         hidden, hidden_mask = _join_states(prompt_states, torch.stack(states, dim=1), prompt_lengths, lengths)
         return Generation(generated, lengths, hidden, hidden_mask, prompt_lengths)
+
+
+@contextmanager
+def _text_attention(model, implementation: str):
+    """Run the language model with ``implementation`` inside the block. The decode step uses SDPA whatever the prefill
+    used: its static cache holds unwritten slots that only the causal mask built from ``cache_position`` hides (a
+    flash-attn 2D padding mask would let the query attend to them)."""
+    config = model.config.text_config
+    previous = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
 
 
 def _join_states(

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from spc_fast import images as image_checks
+from spc_fast.attention import set_vlm_attention
 from spc_fast.critic.format import CriticOutput, parse
 from spc_fast.critic.generate import StaticGenerator, bucket_left_pad
 
@@ -77,7 +78,9 @@ def _as_arrays(images: ImageInput) -> list[np.ndarray]:
 class ImageCritic:
     """Qwen2.5-VL critic: ``critique(images)`` answers per image (text, parsed output, H_c); ``score(images)``
     reads the scores. Greedy by default; ``temperature > 0`` samples (``top_p``, ``num_samples`` answers per
-    image, a ``torch.Generator`` for repeatable draws). ``compile=True`` compiles the decode step."""
+    image, a ``torch.Generator`` for repeatable draws). ``compile=True`` compiles the decode step. ``attention``
+    (``spc_fast.attention.BACKENDS``) sets the vision tower's and the prefill's attention; ``self.attention`` is the
+    backend that runs. Decode steps always run SDPA over the static cache."""
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class ImageCritic:
         compile: bool = False,
         compile_backend: str = "inductor",
         compile_mode: str | None = None,
+        attention: str = "auto",
         system_prompt: str = SYSTEM_PROMPT,
         prompt: str = ANALYSIS_PROMPT,
     ) -> None:
@@ -96,6 +100,7 @@ class ImageCritic:
             raise ValueError(f"max_new_tokens and bucket must be >= 1, got {max_new_tokens} and {bucket}")
         self.model = model
         self.processor = processor
+        self.attention = set_vlm_attention(model, attention)
         self.max_new_tokens = max_new_tokens
         self.bucket = bucket
         self.system_prompt = system_prompt

@@ -62,9 +62,10 @@ SCHEDULER_CONFIG: dict = dict(
     stochastic_sampling=False,
 )
 
-# Same classes, smallest sizes that keep the layout: head_dim = sum(axes_dims_rope), in_channels = 4 * z_dim.
+# Same classes, smallest sizes that keep the layout: head_dim = sum(axes_dims_rope), in_channels = 4 * z_dim,
+# joint_attention_dim = the tiny critic's width (64), so the tiny pair plugs together as the real one does.
 TINY_DIT_CONFIG: dict = dict(DIT_CONFIG, num_layers=2, attention_head_dim=16, num_attention_heads=2,
-                             joint_attention_dim=32, axes_dims_rope=(4, 6, 6))
+                             joint_attention_dim=64, axes_dims_rope=(4, 6, 6))
 TINY_VAE_CONFIG: dict = dict(VAE_CONFIG, base_dim=8, num_res_blocks=1)
 
 # SPEC.md §6: the release's DiT LoRA.

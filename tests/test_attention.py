@@ -1,0 +1,127 @@
+"""The attention setting: resolution and fallback, both models taking it, and padded H_c under every backend's
+mask semantics (flash-attn's varlen path emulated on the CPU the way diffusers packs the keys)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip("diffusers")
+
+from diffusers.models.attention_dispatch import AttentionBackendName  # noqa: E402
+
+from spc_fast import attention  # noqa: E402
+from spc_fast.artist import rope  # noqa: E402
+from spc_fast.artist.model import PhotoArtist  # noqa: E402
+from spc_fast.critic.model import ImageCritic  # noqa: E402
+from spc_fast.models import qwen_vl  # noqa: E402
+from spc_fast.models.qwen_image import TINY_DIT_CONFIG, tiny_artist_components  # noqa: E402
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Pretend flash_attn and xformers are installed (resolution only looks at find_spec)."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        return object() if name in ("flash_attn", "xformers") else real(name, *args)
+
+    monkeypatch.setattr(attention.importlib.util, "find_spec", find_spec)
+    attention._noticed.clear()
+
+
+def test_resolution_rules(installed):
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert attention.resolve("auto", "cuda", bf16) == "flash"
+    assert attention.resolve("flash", "cuda", fp32) == "sdpa"  # flash-attn has no fp32 kernel
+    assert attention.resolve("xformers", "cuda", fp32) == "xformers"
+    assert attention.resolve("auto", "cpu", bf16) == "sdpa"
+    assert attention.resolve("sdpa", "cuda", bf16) == "sdpa"
+    with pytest.raises(ValueError, match="choose one of auto, sdpa, flash, xformers"):
+        attention.resolve("flex", "cpu", fp32)
+
+
+def test_missing_package_falls_back_with_one_notice(caplog, monkeypatch):
+    attention._noticed.clear()
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name, *a: None)
+    with caplog.at_level(logging.WARNING, logger="spc_fast.attention"):
+        assert attention.resolve("flash", "cuda", torch.bfloat16) == "sdpa"
+        assert attention.resolve("flash", "cuda", torch.bfloat16) == "sdpa"
+        assert attention.resolve("auto", "cpu", torch.float32) == "sdpa"  # auto on a CPU: nothing to say
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "flash_attn is not installed" in message and "spc-fast[gpu]" in message and "\n" not in message
+
+
+def test_both_models_take_the_setting(caplog):
+    attention._noticed.clear()
+    transformer, vae, scheduler = tiny_artist_components(0)
+    artist = PhotoArtist(transformer, vae, scheduler, attention="sdpa")
+    assert artist.attention == "sdpa"
+    processors = set(map(type, artist.transformer.attn_processors.values()))
+    assert processors == {rope.RealRopeJointAttnProcessor}
+    assert all(p._attention_backend == AttentionBackendName.NATIVE for p in artist.transformer.attn_processors.values())
+    model, processor = qwen_vl.build_tiny_critic()
+    with caplog.at_level(logging.WARNING, logger="spc_fast.attention"):
+        critic = ImageCritic(model, processor, attention="xformers", max_new_tokens=2)
+    assert critic.attention == "sdpa" and model.config._attn_implementation == "sdpa"
+    assert any("SDPA" in r.getMessage() for r in caplog.records)
+
+
+def _diffusers_varlen(query, key, value, attn_mask):
+    # what diffusers' flash_varlen backend computes: per sample, keys truncated to the mask's count (a suffix
+    # padding is assumed), queries all kept
+    lengths = attn_mask.sum(1).tolist()
+    outs = []
+    for b, n in enumerate(lengths):
+        q, k, v = (t[b : b + 1].transpose(1, 2) for t in (query, key[:, :n], value[:, :n]))
+        outs.append(F.scaled_dot_product_attention(q, k, v).transpose(1, 2))
+    return torch.cat(outs)
+
+
+def test_padded_h_c_under_flash_varlen_semantics(monkeypatch):
+    """A padded batch under flash (emulated varlen: keys cut at the mask's count) gives what each sample gives
+    unpadded under SDPA: the image-first layout puts H_c's padding at the end of the keys."""
+    transformer, _, _ = tiny_artist_components(0)
+    transformer = rope.use_real_rope(copy.deepcopy(transformer))
+    seen = []
+    native = rope.dispatch_attention_fn
+
+    def dispatch(query, key, value, *, attn_mask=None, backend=None, **kw):
+        name = getattr(backend, "value", backend)
+        seen.append(name)
+        if name == "flash_varlen":
+            return _diffusers_varlen(query, key, value, attn_mask)
+        assert name == "flash" and attn_mask is None, "flash-attn 2 must never see a mask"
+        return native(query, key, value, attn_mask=None, backend=AttentionBackendName.NATIVE, **kw)
+
+    g = torch.Generator().manual_seed(0)
+    width = TINY_DIT_CONFIG["joint_attention_dim"]
+    h_c = torch.randn(2, 9, width, generator=g)
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0, :9], mask[1, :4] = True, True
+    h_c[1, 4:] = 1e3  # padding content must not matter
+    tokens = torch.randn(2, 48, 64, generator=g)
+    kwargs = dict(timestep=torch.tensor([0.7, 0.2]), img_shapes=[[(1, 4, 6), (1, 4, 6)]] * 2, return_dict=False)
+    with torch.no_grad():
+        reference = [
+            transformer(
+                hidden_states=tokens[i : i + 1],
+                encoder_hidden_states=h_c[i : i + 1, : int(mask[i].sum())],
+                encoder_hidden_states_mask=None,
+                **{**kwargs, "timestep": kwargs["timestep"][i : i + 1], "img_shapes": kwargs["img_shapes"][:1]},
+            )[0]
+            for i in range(2)
+        ]
+        for processor in transformer.attn_processors.values():
+            processor._attention_backend = AttentionBackendName.FLASH
+        monkeypatch.setattr(rope, "dispatch_attention_fn", dispatch)
+        padded = transformer(hidden_states=tokens, encoder_hidden_states=h_c, encoder_hidden_states_mask=mask,
+                             **kwargs)[0]
+    assert set(seen) == {"flash_varlen"}
+    torch.testing.assert_close(padded, torch.cat(reference), atol=1e-5, rtol=0)

@@ -1,0 +1,109 @@
+"""The neural critic and artist in the enhancer, end to end on tiny random-weight models saved in the release
+layout: ``spc-fast enhance --critic DIR --artist DIR`` and ``spc-fast critique --critic DIR``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("peft")
+
+from spc_fast import cli, io  # noqa: E402
+from spc_fast.artist.lora import add_lora  # noqa: E402
+from spc_fast.models import qwen_image, qwen_vl, tiny_artist, tiny_critic  # noqa: E402
+from spc_fast.pipeline import DiffusionArtist, Pipeline  # noqa: E402
+
+PIXELS = 48 * 64  # generation size of the tiny artist (the release generates at ~1 MP)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A tiny critic in the release layout, a tiny diffusers artist directory with a release dit_lora/."""
+    root = tmp_path_factory.mktemp("models")
+    model, processor = qwen_vl.build_tiny_critic(seed=1)
+    qwen_vl.save_critic(model, processor, root / "critic")
+    transformer, vae, scheduler = qwen_image.tiny_artist_components(seed=2)
+    qwen_image.save_artist(root / "artist", transformer, vae, scheduler)
+    add_lora(transformer)
+    with torch.no_grad():
+        for name, p in transformer.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # a trained-looking adapter, so merging it changes the output
+    qwen_image.save_lora(transformer, root / "artist" / "dit_lora")
+    return root
+
+
+@pytest.fixture
+def photo(tmp_path, photos):
+    path = tmp_path / "chelsea.jpg"
+    io.save_image(path, torch.from_numpy(photos["chelsea"][:90, :120]).permute(2, 0, 1).contiguous())
+    return path
+
+
+def _run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_enhance_with_neural_critic_and_artist(models, photo, tmp_path, capsys):
+    out, report = tmp_path / "out.jpg", tmp_path / "report.json"
+    code, stdout, err = _run(
+        capsys, "enhance", photo, "-o", out, "--critic", models / "critic", "--artist", models / "artist",
+        "--steps", 2, "--pixels", PIXELS, "--max-new-tokens", 12, "--attention", "sdpa", "--report", report,
+    )
+    assert code == 0, err
+    assert io.load_tensor(out).shape == io.load_tensor(photo).shape == (3, 90, 120)
+    data = json.loads(report.read_text())
+    assert data["critic"] == "ImageCritic" and data["artist"] == "DiffusionArtist"
+    assert data["critic_attention"] == data["artist_attention"] == "sdpa"
+    record = data["images"][0]
+    critique = record["critique"]
+    assert set(critique) == {"reasoning", "suggestions", "score", "errors"}
+    # random weights answer nonsense: the parser reports what is missing instead of failing
+    assert critique["errors"] and record["rewards"]["format"] == 0.0
+    assert "score ? -> ?" in stdout
+
+
+def test_critique_with_neural_critic(models, photo, capsys):
+    code, stdout, err = _run(
+        capsys, "critique", photo, "--critic", models / "critic", "--max-new-tokens", 6, "--device", "cpu"
+    )
+    assert code == 0 and stdout.strip()
+    assert "critic answer: tags: missing <think>" in err
+
+
+def test_model_flag_errors(models, photo, tmp_path, capsys):
+    code, _, err = _run(capsys, "enhance", photo, "-o", tmp_path / "o.jpg", "--artist", models / "artist")
+    assert code == 1 and "--artist needs --critic" in err
+    (tmp_path / "broken" / "vlm").mkdir(parents=True)
+    code, _, err = _run(capsys, "critique", photo, "--critic", tmp_path / "broken")
+    assert code == 1 and "vlm/config.json" in err and "vlm/tokenizer.json" in err
+    assert not (tmp_path / "o.jpg").exists()
+
+
+def test_pipeline_mixed_sizes_and_seeds():
+    critic, artist = tiny_critic(max_new_tokens=6), tiny_artist()
+    images = [torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8), torch.rand(3, 32, 32)]
+    pipeline = Pipeline(critic, DiffusionArtist(artist, num_steps=2, target_pixels=PIXELS), rescore=False)
+    result = pipeline.enhance(images)
+    assert [(i.shape, i.dtype) for i in result.images] == [(x.shape, x.dtype) for x in images]
+    assert len(result.records) == 2 and all(r.critic_text is None or r.critic_text for r in result.records)
+    again = pipeline.enhance(images)
+    assert all(torch.equal(a, b) for a, b in zip(result.images, again.images, strict=True))
+    with pytest.raises(ValueError, match="hidden states"):
+        DiffusionArtist(artist).edit(images, [r.critique for r in result.records])
+
+
+def test_load_artist_merges_the_release_lora(models):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from spc_fast.models import load_artist
+
+    artist = load_artist(models / "artist", device="cpu")
+    layers = [m for m in artist.transformer.modules() if isinstance(m, BaseTunerLayer)]
+    assert len(layers) == 2 * len(qwen_image.LORA_TARGETS) and all(layer.merged for layer in layers)
+    assert artist.transformer.dtype == torch.float32 and artist.attention == "sdpa"
