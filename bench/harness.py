@@ -92,6 +92,16 @@ def copy_bandwidth(device: torch.device, mib: int = 512) -> float:
     return 2 * src.numel() / (p50 * 1e-3) / 1e9
 
 
+def matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """Measured dense matmul throughput in TFLOP/s: the compute roof that model forwards are reported against
+    (8192³ on CUDA, 1024³ on the CPU)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    _, p50, _ = measure(lambda: a @ b, device, min_reps=5, budget_s=1.0)
+    return 2 * n**3 / (p50 * 1e-3) / 1e12
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(
@@ -166,7 +176,8 @@ def format_table(rows: list[Row]) -> str:
             f"{r.bench:<12} {r.case:<26} {r.provider:<22} {r.p50_ms:>9.2f} {spread:>17} "
             f"{_fmt(r.gb_per_s, '7.1f')} {_fmt(frac, '6.1f')} {_fmt(r.max_error, '9.2e')}  {ratios}"
         )
-    return "\n".join(lines)
+    notes = [f"  {r.provider} ({r.case}): {r.note}" for r in rows if r.note]
+    return "\n".join(lines + (["notes:", *notes] if notes else []))
 
 
 def write_json(path: str | os.PathLike, env: dict, config: dict, rows: list[Row]) -> None:

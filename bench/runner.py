@@ -11,7 +11,9 @@ import torch
 from spc_fast.bench import harness
 
 # name -> module under spc_fast.bench with run(device, quick) -> list[Row] and BASELINES
-BENCHMARKS = ("photometric", "retouch", "nft_loss", "grpo_loss", "rewards", "critic_generate")
+BENCHMARKS = (
+    "photometric", "retouch", "nft_loss", "grpo_loss", "rewards", "critic_generate", "artist_step", "artist_sample"
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -46,6 +46,11 @@ def unusable_reason(backend: str, device: torch.device | str, dtype: torch.dtype
     return None
 
 
+def runnable(device: torch.device | str, dtype: torch.dtype) -> list[str]:
+    """The backends that can run on ``device`` in ``dtype`` (``sdpa`` first): what benchmarks compare."""
+    return [b for b in BACKENDS[1:] if unusable_reason(b, device, dtype) is None]
+
+
 def resolve(requested: str, device: torch.device | str, dtype: torch.dtype) -> str:
     """The backend that runs for ``requested`` on ``device``/``dtype``: one of ``sdpa``, ``flash``, ``xformers``."""
     if requested not in BACKENDS:

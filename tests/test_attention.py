@@ -42,6 +42,8 @@ def test_resolution_rules(installed):
     assert attention.resolve("xformers", "cuda", fp32) == "xformers"
     assert attention.resolve("auto", "cpu", bf16) == "sdpa"
     assert attention.resolve("sdpa", "cuda", bf16) == "sdpa"
+    assert attention.runnable("cuda", bf16) == ["sdpa", "flash", "xformers"]
+    assert attention.runnable("cpu", bf16) == ["sdpa"]
     with pytest.raises(ValueError, match="choose one of auto, sdpa, flash, xformers"):
         attention.resolve("flex", "cpu", fp32)
 

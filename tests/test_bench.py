@@ -37,3 +37,22 @@ def test_quick_photometric_run_writes_rows_with_errors_and_ratios(tmp_path):
     ours = [r for r in rows if r["provider"] == "spc-fast torch"]
     assert all(r["max_error"] < 1e-4 for r in ours)
     assert all("kornia" in r["speedup_vs"] for r in ours)
+
+
+def test_quick_model_runs_compare_with_the_libraries(tmp_path):
+    out = tmp_path / "bench.json"
+    models = ["--only", "critic_generate", "--only", "artist_step", "--only", "artist_sample"]
+    argv = [*models, "--quick", "--no-copy-bw", "--json", str(out)]
+    assert runner.main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    by_bench = {}
+    for row in rows:
+        by_bench.setdefault(row["bench"], {})[row["provider"]] = row
+    assert set(by_bench["critic_generate"]) == {"transformers generate", "spc-fast static"}
+    assert by_bench["critic_generate"]["spc-fast static"]["max_error"] == 0.0  # greedy: the same tokens
+    assert set(by_bench["artist_step"]) == {"diffusers eager", "spc-fast eager sdpa"}
+    assert set(by_bench["artist_sample"]) == {"diffusers pipeline eager", "spc-fast eager sdpa"}
+    # float32 tiny models: ours computes what diffusers computes
+    assert all(r["max_error"] < 1e-4 for bench in by_bench.values() for r in bench.values())
+    step = by_bench["artist_step"]["spc-fast eager sdpa"]
+    assert "diffusers eager" in step["speedup_vs"] and "of the measured float32 matmul peak" in step["note"]
