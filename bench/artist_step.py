@@ -102,8 +102,8 @@ def run(device: torch.device, quick: bool = False) -> list[Row]:
                     p50_ms=p50,
                     p80_ms=p80,
                     max_error=float((out - reference).abs().max()) / scale,
-                    note=f"{tflops:.2f} TFLOP/s = {tflops / peak:.0%} of the measured {dtype} matmul peak "
-                    f"({peak:.2f}); {per_layer:.2f} ms/layer; {flops / 1e12:.3f} TFLOP/forward",
+                    note=f"{tflops:.3g} TFLOP/s = {tflops / peak:.0%} of the measured {dtype} matmul peak "
+                    f"({peak:.3g}); {per_layer:.3g} ms/layer; {flops / 1e12:.3g} TFLOP/forward",
                 )
             )
     return rows
