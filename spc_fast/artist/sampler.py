@@ -105,6 +105,7 @@ def denoise(
             return_dict=False,
         )[0][:, :n]
         if guidance > 1.0:
+            v = v.clone()  # a CUDA-graph replay reuses its output buffer: the negative pass would overwrite v
             v_neg = denoiser(
                 hidden_states=tokens,
                 timestep=t,
