@@ -314,3 +314,39 @@ def test_release_configs():
         DIT_CONFIG["num_layers"] == 60 and DIT_CONFIG["num_attention_heads"] * DIT_CONFIG["attention_head_dim"] == 3072
     )
     assert sum(DIT_CONFIG["axes_dims_rope"]) == DIT_CONFIG["attention_head_dim"]
+
+
+class _DiT(torch.nn.Module):
+    """The DiT with the non-tensor arguments bound, for torch.export."""
+
+    def __init__(self, transformer, img_shapes):
+        super().__init__()
+        self.transformer, self.img_shapes = transformer, img_shapes
+
+    def forward(self, hidden_states, encoder_hidden_states, timestep):
+        return self.transformer(
+            hidden_states=hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            timestep=timestep,
+            img_shapes=self.img_shapes,
+            return_dict=False,
+        )[0]
+
+
+def _has_complex(program) -> bool:
+    values = [node.meta.get("val") for node in program.graph.nodes]
+    return any(isinstance(v, torch.Tensor) and v.dtype.is_complex for v in values)
+
+
+def test_real_rope_exports_without_complex_tensors(parts):
+    """diffusers issue 12668: the complex RoPE puts complex tensors in exported graphs (TensorRT and ONNX take
+    none); the real path exports to a graph without them and computes the same."""
+    inputs = dit_inputs(1)
+    args = (inputs["hidden_states"], inputs["encoder_hidden_states"], inputs["timestep"])
+    complex_program = torch.export.export(_DiT(copy.deepcopy(parts[0]), inputs["img_shapes"]).eval(), args)
+    assert _has_complex(complex_program)
+    real = _DiT(use_real_rope(copy.deepcopy(parts[0])), inputs["img_shapes"]).eval()
+    program = torch.export.export(real, args)
+    assert not _has_complex(program)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(*args), real(*args), atol=1e-6, rtol=0)
