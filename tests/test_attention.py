@@ -127,3 +127,50 @@ def test_padded_h_c_under_flash_varlen_semantics(monkeypatch):
                              **kwargs)[0]
     assert set(seen) == {"flash_varlen"}
     torch.testing.assert_close(padded, torch.cat(reference), atol=1e-5, rtol=0)
+
+
+def _varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                      softmax_scale=None, causal=False, **unused):
+    """flash_attn_varlen_func in torch: packed [tokens, heads, dim] sequences, GQA, causal aligned bottom-right."""
+    out = torch.zeros_like(q)
+    groups = q.shape[1] // k.shape[1]
+    for i in range(len(cu_seqlens_q) - 1):
+        qs, qe, ks, ke = (int(x) for x in (cu_seqlens_q[i], cu_seqlens_q[i + 1], cu_seqlens_k[i], cu_seqlens_k[i + 1]))
+        if qe == qs:
+            continue
+        qi = q[qs:qe].transpose(0, 1)
+        ki, vi = (t[ks:ke].repeat_interleave(groups, 1).transpose(0, 1) for t in (k, v))
+        mask = None
+        if causal:
+            mask = torch.arange(ke - ks)[None, :] <= torch.arange(qe - qs)[:, None] + (ke - ks) - (qe - qs)
+        out[qs:qe] = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=softmax_scale).transpose(0, 1)
+    return out
+
+
+def _dense_reference(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, **unused):
+    b, lq, lk = q.shape[0], q.shape[1], k.shape[1]
+    cu_q, cu_k = torch.arange(b + 1) * lq, torch.arange(b + 1) * lk
+    packed = [t.flatten(0, 1) for t in (q, k, v)]
+    return _varlen_reference(*packed, cu_q, cu_k, lq, lk, softmax_scale=softmax_scale, causal=causal).unflatten(
+        0, (b, lq)
+    )
+
+
+def test_critic_under_transformers_flash_path_matches_sdpa(monkeypatch):
+    """transformers' own flash_attention_2 path (mask handling, unpadding of the left-padded prompt) with a torch
+    stand-in for the flash-attn kernels: the critic's prefill states and greedy tokens equal SDPA's."""
+    fau = pytest.importorskip("transformers.modeling_flash_attention_utils")
+    if not hasattr(fau, "lazy_import_flash_attention") or not hasattr(fau, "_lazy_define_process_function"):
+        pytest.skip("this transformers version loads flash-attn differently")
+    kernels = (_dense_reference, _varlen_reference, None, fau._pad_input, fau._unpad_input)
+    flags = (fau._lazy_define_process_function(_varlen_reference), dict)
+    monkeypatch.setattr(fau, "lazy_import_flash_attention", lambda *a, **k: (kernels, flags))
+    model, processor = qwen_vl.build_tiny_critic()
+    critic = ImageCritic(model, processor, attention="sdpa", max_new_tokens=8, bucket=16)
+    images = [torch.randint(0, 256, (3, 56 + 28 * i, 84), dtype=torch.uint8) for i in range(2)]  # unequal prompts
+    reference = critic.critique(images)
+    monkeypatch.setattr(model.config.text_config, "_attn_implementation", "flash_attention_2")
+    flash = critic.critique(images)
+    assert (reference.prompt_lengths[0] != reference.prompt_lengths[1]).item()  # the batch is left-padded
+    torch.testing.assert_close(flash.hidden, reference.hidden, atol=1e-5, rtol=1e-5)
+    assert torch.equal(flash.tokens, reference.tokens)

@@ -108,13 +108,13 @@ class StaticGenerator:
             attention_mask=attention,
         )  # [3, B, L], [B, 1]
         cache = StaticCache(config=model.config, max_cache_len=total)
-        # Cache-length masks: the prefill marks the unwritten slots invalid (a flash-attn prefill unpads by this
-        # mask); decode steps mark them valid and rely on the causal mask from the cache position (SDPA).
-        prefill_mask = torch.cat([attention, attention.new_zeros(batch, max_new_tokens)], dim=1)  # [B, L + T]
-        mask = torch.cat([attention, attention.new_ones(batch, max_new_tokens)], dim=1)
+        # The prefill takes the prompt's own [B, L] mask: under flash-attn transformers unpads queries and keys by
+        # it (a cache-length mask would misalign them); under SDPA it is padded to the cache length. Decode steps
+        # take a cache-length mask whose future slots the causal mask from the cache position hides (SDPA).
+        mask = torch.cat([attention, attention.new_ones(batch, max_new_tokens)], dim=1)  # [B, L + T]
         prefill = model.model(
             input_ids=ids,
-            attention_mask=prefill_mask,
+            attention_mask=attention,
             position_ids=positions,
             pixel_values=inputs.get("pixel_values"),
             image_grid_thw=inputs.get("image_grid_thw"),

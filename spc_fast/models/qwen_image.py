@@ -16,7 +16,8 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-# Qwen-Image-Edit-2509 transformer/config.json (the DiT of the public release).
+# Qwen-Image-Edit-2509 transformer/config.json (the DiT of the public release). These three configs were checked
+# value by value against public copies of the release's files (2026-11); 2509 has no zero_cond_t (that is 2511's).
 DIT_CONFIG: dict = dict(
     patch_size=2,
     in_channels=64,

@@ -65,7 +65,8 @@ _LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def qwen2_5_vl_7b_config(num_layers: int | None = None, vision_depth: int | None = None) -> Qwen2_5_VLConfig:
-    """The public Qwen2.5-VL-7B-Instruct config; ``num_layers``/``vision_depth`` build a full-width model of a
+    """The public Qwen2.5-VL-7B-Instruct config (checked against the release's config.json; written out because
+    transformers' defaults are not the 7B values); ``num_layers``/``vision_depth`` build a full-width model of a
     stated depth (benchmarks: cost scales per layer and does not depend on weight values)."""
     layers = 28 if num_layers is None else num_layers
     depth = 32 if vision_depth is None else vision_depth
