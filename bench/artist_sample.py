@@ -58,6 +58,7 @@ def run(device: torch.device, quick: bool = False) -> list[Row]:
     from diffusers import QwenImageEditPlusPipeline
 
     transformer, vae, scheduler, what, side = build(device, quick)
+    attention.set_dit_attention(transformer, "sdpa")  # the baseline's processors name their backend
     steps = 4 if quick else STEPS
     dtype = transformer.dtype
     text = TEXT_TOKENS[device.type] // (4 if quick else 1)

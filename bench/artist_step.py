@@ -63,7 +63,8 @@ def count_flops(model, kwargs: dict) -> tuple[int, int]:
 
 
 def providers(model, device: torch.device, quick: bool) -> dict[str, torch.nn.Module]:
-    """Name -> callable module: diffusers' eager DiT, then ours per backend, eager and compiled."""
+    """Name -> callable module: diffusers' eager DiT (pinned to SDPA), then ours per backend, eager and compiled."""
+    attention.set_dit_attention(model, "sdpa")
     out = {"diffusers eager": model}
     for backend in attention.runnable(device, model.dtype):
         ours = use_real_rope(copy.deepcopy(model))

@@ -72,16 +72,26 @@ def notice(message: str) -> None:
 
 
 def set_dit_attention(transformer, requested: str) -> str:
-    """Apply ``requested`` to a diffusers DiT through ``set_attention_backend``; returns the backend that runs."""
+    """Apply ``requested`` to a diffusers DiT through ``set_attention_backend``; returns the backend that runs.
+
+    diffusers also makes the backend process-wide (models whose processors name none follow it); that is put back,
+    so setting one model never changes another (a benchmark's baseline, say)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
     from diffusers.utils import logging as diffusers_logging
 
     backend = resolve(requested, transformer.device, transformer.dtype)
     level = diffusers_logging.get_verbosity()
+    process_wide = _AttentionBackendRegistry.get_active_backend()[0]
     diffusers_logging.set_verbosity_error()  # set_attention_backend warns "experimental" on every call
     try:
         transformer.set_attention_backend(DIFFUSERS_BACKEND[backend])
+    except RuntimeError as error:  # diffusers' own requirement check, e.g. a flash-attn older than it needs
+        notice(f"attention {backend}: {error}; using PyTorch SDPA")
+        backend = "sdpa"
+        transformer.set_attention_backend(DIFFUSERS_BACKEND[backend])
     finally:
         diffusers_logging.set_verbosity(level)
+        _AttentionBackendRegistry.set_active_backend(process_wide)
     return backend
 
 

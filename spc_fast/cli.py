@@ -16,6 +16,10 @@ from pathlib import Path
 logger = logging.getLogger("spc_fast")
 
 PROG = "spc-fast"
+ATTENTION_BACKENDS = ("auto", "sdpa", "flash", "xformers")  # spc_fast.attention.BACKENDS, without importing torch
+# flags that only mean something with the model they configure, and their defaults
+_CRITIC_FLAGS = {"attention": "auto", "compile": False, "max_new_tokens": 512, "device": None, "dtype": None}
+_ARTIST_FLAGS = {"release": None, "steps": 20, "seed": 0, "pixels": 1024 * 1024}
 _COLUMNS = (
     ("exposure", "exposure"),
     ("contrast", "contrast"),
@@ -132,6 +136,16 @@ def _report_failures(failures: list[str], total: int) -> int:
     return 1 if failures else 0
 
 
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
 def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
     group = parser.add_argument_group("neural models (local directories only; nothing is downloaded)")
     group.add_argument("--critic", type=Path, metavar="DIR",
@@ -142,15 +156,19 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
                            "--critic")
         group.add_argument("--release", type=Path, metavar="DIR", help="directory with the release's "
                            "dit.safetensors and dit_lora/ (default: the --artist directory)")
-        group.add_argument("--steps", type=int, default=20, metavar="N", help="sampling steps (default 20)")
-        group.add_argument("--seed", type=int, default=0, help="seed of the first image (default 0)")
-        group.add_argument("--pixels", type=int, default=1024 * 1024, metavar="N",
+        group.add_argument("--steps", type=_at_least(2), default=_ARTIST_FLAGS["steps"], metavar="N",
+                           help="sampling steps (default 20)")
+        group.add_argument("--seed", type=int, default=_ARTIST_FLAGS["seed"],
+                           help="base seed; each image's noise comes from it and the "
+                           "image's pixels, so an edit does not depend on the other inputs (default 0)")
+        group.add_argument("--pixels", type=_at_least(256), default=_ARTIST_FLAGS["pixels"], metavar="N",
                            help="the artist generates at about N pixels, sides multiples of 16, then resizes to the "
                            "input size (default 1048576, the model's ~1 MP)")
-    group.add_argument("--attention", default="auto", choices=("auto", "sdpa", "flash", "xformers"),
+    group.add_argument("--attention", default=_CRITIC_FLAGS["attention"], choices=ATTENTION_BACKENDS,
                        help="attention backend of both models (default auto: flash-attn when it can run, else SDPA)")
     group.add_argument("--compile", action="store_true", help="torch.compile the decode step and the DiT")
-    group.add_argument("--max-new-tokens", type=int, default=512, metavar="N", help="critic answer length cap")
+    group.add_argument("--max-new-tokens", type=_at_least(1), default=_CRITIC_FLAGS["max_new_tokens"], metavar="N",
+                       help="critic answer length cap (default 512)")
     group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     group.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                        help="model precision (default: bfloat16 on CUDA, float32 on the CPU)")
@@ -163,6 +181,15 @@ def _neural_options(args: argparse.Namespace) -> dict:
     return {"device": args.device, "dtype": dtype, "attention": args.attention, "compile": args.compile}
 
 
+def _check_unused(args: argparse.Namespace, flags: dict[str, object], model: str) -> None:
+    """A model flag given without the model it configures is an error, not silently ignored."""
+    if getattr(args, model) is not None:
+        return
+    given = [f"--{f.replace('_', '-')}" for f, default in flags.items() if getattr(args, f) != default]
+    if given:
+        raise ValueError(f"{', '.join(given)} configure the neural {model}; add --{model} DIR or drop them")
+
+
 def _pipeline(args: argparse.Namespace):
     """The pipeline the flags ask for, and its description for the report."""
     import dataclasses
@@ -171,6 +198,8 @@ def _pipeline(args: argparse.Namespace):
 
     if args.artist is not None and args.critic is None:
         raise ValueError("--artist needs --critic DIR: the artist is conditioned on the neural critic's hidden states")
+    _check_unused(args, _ARTIST_FLAGS, "artist")
+    _check_unused(args, _CRITIC_FLAGS, "critic")
     if args.critic is None:
         pipeline = Pipeline()
         return pipeline, {"critic": "AnalyticCritic", "artist": "RuleArtist",
@@ -230,6 +259,7 @@ def _critique(args: argparse.Namespace) -> int:
     from spc_fast.critic.format import render
     from spc_fast.io import load_tensor
 
+    _check_unused(args, _CRITIC_FLAGS, "critic")
     if args.critic is None:
         from spc_fast.critic.analytic import AnalyticCritic
 

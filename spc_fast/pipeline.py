@@ -16,6 +16,7 @@ rank reward).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
@@ -107,10 +108,18 @@ class RuleArtist:
         return edited
 
 
+def image_seed(image: torch.Tensor, seed: int) -> int:
+    """A 63-bit seed from ``seed`` and the image's bytes (blake2b): distinct images get distinct noise."""
+    data = image.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+    digest = hashlib.blake2b(seed.to_bytes(8, "little", signed=True) + data, digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class DiffusionArtist:
     """Edits with a ``PhotoArtist`` (Qwen-Image-Edit) conditioned on the neural critic's H_c: images of one size go
-    through the sampler as one batch (generated at about ``target_pixels``, sides multiples of 16), each seeded with
-    ``seed + its index``, and come back at their input size and dtype."""
+    through the sampler as one batch (generated at about ``target_pixels``, sides multiples of 16) and come back at
+    their input size and dtype. Each image's noise is seeded by ``image_seed(image, seed)``, so an image gets the
+    same edit whatever batch or order it comes in (the command line enhances file by file)."""
 
     def __init__(self, artist, *, num_steps: int = 20, target_pixels: int | None = None, seed: int = 0) -> None:
         from spc_fast.artist.sampler import DEFAULT_PIXELS
@@ -143,7 +152,7 @@ class DiffusionArtist:
                 mask[rows, :width],
                 num_steps=self.num_steps,
                 target_pixels=self.target_pixels,
-                generator=[torch.Generator().manual_seed(self.seed + i) for i in indices],
+                generator=[torch.Generator().manual_seed(image_seed(image_list[i], self.seed)) for i in indices],
             ).images
             if out.shape[-2:] != batch.shape[-2:]:
                 out = F.interpolate(out, size=batch.shape[-2:], mode="bicubic", antialias=True, align_corners=False)

@@ -174,3 +174,31 @@ def test_critic_under_transformers_flash_path_matches_sdpa(monkeypatch):
     assert (reference.prompt_lengths[0] != reference.prompt_lengths[1]).item()  # the batch is left-padded
     torch.testing.assert_close(flash.hidden, reference.hidden, atol=1e-5, rtol=1e-5)
     assert torch.equal(flash.tokens, reference.tokens)
+
+
+def test_setting_one_dit_leaves_the_process_wide_backend(monkeypatch):
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry as registry
+
+    transformer, _, _ = tiny_artist_components(0)
+    monkeypatch.setattr(registry, "_active_backend", AttentionBackendName._NATIVE_MATH)
+    assert attention.set_dit_attention(copy.deepcopy(transformer), "sdpa") == "sdpa"
+    assert registry.get_active_backend()[0] == AttentionBackendName._NATIVE_MATH
+
+
+def test_library_refusal_falls_back_to_sdpa(monkeypatch, caplog):
+    """A backend our check lets through but diffusers refuses (here flash-attn, absent) ends on SDPA, noticed."""
+    attention._noticed.clear()
+    transformer, _, _ = tiny_artist_components(0)
+    monkeypatch.setattr(attention, "resolve", lambda requested, device, dtype: "flash")
+    with caplog.at_level(logging.WARNING, logger="spc_fast.attention"):
+        assert attention.set_dit_attention(transformer, "flash") == "sdpa"
+    assert all(p._attention_backend == AttentionBackendName.NATIVE for p in transformer.attn_processors.values())
+    assert "using PyTorch SDPA" in caplog.text
+
+
+def test_diffusers_processor_keeps_sdpa(caplog):
+    attention._noticed.clear()
+    transformer, vae, scheduler = tiny_artist_components(0)
+    with caplog.at_level(logging.WARNING, logger="spc_fast.attention"):
+        artist = PhotoArtist(transformer, vae, scheduler, real_rope=False, attention="xformers")
+    assert artist.attention == "sdpa" and "real_rope=False" in caplog.text

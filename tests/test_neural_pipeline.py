@@ -11,10 +11,10 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from spc_fast import cli, io  # noqa: E402
+from spc_fast import attention, cli, io  # noqa: E402
 from spc_fast.artist.lora import add_lora  # noqa: E402
 from spc_fast.models import qwen_image, qwen_vl, tiny_artist, tiny_critic  # noqa: E402
-from spc_fast.pipeline import DiffusionArtist, Pipeline  # noqa: E402
+from spc_fast.pipeline import DiffusionArtist, Pipeline, image_seed  # noqa: E402
 
 PIXELS = 48 * 64  # generation size of the tiny artist (the release generates at ~1 MP)
 
@@ -79,6 +79,14 @@ def test_critique_with_neural_critic(models, photo, capsys):
 def test_model_flag_errors(models, photo, tmp_path, capsys):
     code, _, err = _run(capsys, "enhance", photo, "-o", tmp_path / "o.jpg", "--artist", models / "artist")
     assert code == 1 and "--artist needs --critic" in err
+    code, _, err = _run(capsys, "enhance", photo, "-o", tmp_path / "o.jpg", "--steps", 4, "--seed", 3)
+    assert code == 1 and "--steps, --seed configure the neural artist" in err
+    code, _, err = _run(capsys, "critique", photo, "--attention", "flash")
+    assert code == 1 and "--attention configure the neural critic" in err
+    with pytest.raises(SystemExit):
+        cli.main(["enhance", str(photo), "-o", str(tmp_path / "o.jpg"), "--pixels", "0"])
+    assert "must be at least 256" in capsys.readouterr().err
+    assert cli.ATTENTION_BACKENDS == attention.BACKENDS
     (tmp_path / "broken" / "vlm").mkdir(parents=True)
     code, _, err = _run(capsys, "critique", photo, "--critic", tmp_path / "broken")
     assert code == 1 and "vlm/config.json" in err and "vlm/tokenizer.json" in err
@@ -87,13 +95,19 @@ def test_model_flag_errors(models, photo, tmp_path, capsys):
 
 def test_pipeline_mixed_sizes_and_seeds():
     critic, artist = tiny_critic(max_new_tokens=6), tiny_artist()
-    images = [torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8), torch.rand(3, 32, 32)]
+    g = torch.Generator().manual_seed(5)
+    images = [torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8), torch.rand(3, 32, 32, generator=g),
+              torch.rand(3, 32, 32, generator=g)]  # the two 32 x 32 ones share a sampler batch
     pipeline = Pipeline(critic, DiffusionArtist(artist, num_steps=2, target_pixels=PIXELS), rescore=False)
     result = pipeline.enhance(images)
     assert [(i.shape, i.dtype) for i in result.images] == [(x.shape, x.dtype) for x in images]
-    assert len(result.records) == 2 and all(r.critic_text is None or r.critic_text for r in result.records)
-    again = pipeline.enhance(images)
-    assert all(torch.equal(a, b) for a, b in zip(result.images, again.images, strict=True))
+    assert len(result.records) == 3
+    # an image's edit does not depend on its batch: alone, it comes out the same
+    alone = pipeline.enhance(images[2:]).images[0]
+    torch.testing.assert_close(alone, result.images[2], atol=1e-4, rtol=0)
+    reseeded = Pipeline(critic, DiffusionArtist(artist, num_steps=2, target_pixels=PIXELS, seed=1), rescore=False)
+    assert not torch.equal(reseeded.enhance(images[2:]).images[0], alone)
+    assert image_seed(images[0], 0) != image_seed(images[0], 1) != image_seed(images[1], 1)
     with pytest.raises(ValueError, match="hidden states"):
         DiffusionArtist(artist).edit(images, [r.critique for r in result.records])
 

@@ -19,7 +19,7 @@ from spc_fast.artist.sampler import (
     schedule,
     unpack_latents,
 )
-from spc_fast.attention import set_dit_attention
+from spc_fast.attention import notice, set_dit_attention
 from spc_fast.images import check_batch, to_unit_float
 
 Generators = torch.Generator | list[torch.Generator] | None
@@ -53,6 +53,13 @@ class PhotoArtist:
         tiled_decode_pixels: int = 2 * DEFAULT_PIXELS,
     ) -> None:
         self.transformer = use_real_rope(transformer) if real_rope else transformer
+        if not real_rope and attention != "sdpa":
+            if attention != "auto":
+                notice(
+                    f"attention {attention}: diffusers' own Qwen-Image processor builds a 4-D H_c mask that flash-attn "
+                    "refuses and xformers reads as a bias; with real_rope=False the artist runs PyTorch SDPA"
+                )
+            attention = "sdpa"
         self.attention = set_dit_attention(self.transformer, attention)
         self.vae = vae
         self.scheduler = scheduler
