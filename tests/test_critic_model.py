@@ -97,6 +97,9 @@ def test_greedy_matches_generate(critic):
     got = critic.critique(images)
     assert torch.equal(got.tokens, expected)
     assert len({tuple(row) for row in got.tokens.tolist()}) > 1, "the tiny critic should see its images"
+    critic.critique(images[::-1])  # the same shapes: the static cache is reused, reset in between
+    again = critic.critique(images)
+    assert torch.equal(again.tokens, expected) and torch.equal(again.hidden, got.hidden)
 
 
 def test_per_sample_stop_matches_generate(tiny):

@@ -83,8 +83,20 @@ class StaticGenerator:
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.pad_id = pad_id
         self.step = decode_step
+        self._caches: dict[tuple, StaticCache] = {}
         if compile:
             self.step = torch.compile(decode_step, fullgraph=True, backend=backend, mode=mode)
+
+    def _cache(self, batch: int, total: int, device: torch.device) -> StaticCache:
+        """One static cache per (batch, length, device), reset between calls: its tensors keep their addresses,
+        so CUDA graphs recorded for the decode step are replayed, not recorded again for every batch."""
+        key = (batch, total, device)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = self._caches[key] = StaticCache(config=self.model.config, max_cache_len=total)
+        else:
+            cache.reset()
+        return cache
 
     @torch.inference_mode()
     def __call__(
@@ -107,7 +119,7 @@ class StaticGenerator:
             image_grid_thw=inputs.get("image_grid_thw"),
             attention_mask=attention,
         )  # [3, B, L], [B, 1]
-        cache = StaticCache(config=model.config, max_cache_len=total)
+        cache = self._cache(batch, total, device)
         # The prefill takes the prompt's own [B, L] mask: under flash-attn transformers unpads queries and keys by
         # it (a cache-length mask would misalign them); under SDPA it is padded to the cache length. Decode steps
         # take a cache-length mask whose future slots the causal mask from the cache position hides (SDPA).
