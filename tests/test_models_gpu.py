@@ -23,8 +23,9 @@ def _artist(**options):
     return artist
 
 
-def _conditioning(lengths=(7, 4), width=qwen_image.TINY_DIT_CONFIG["joint_attention_dim"], dtype=torch.float32):
-    g = torch.Generator().manual_seed(0)
+def _conditioning(lengths=(7, 4), seed=0, dtype=torch.float32):
+    width = qwen_image.TINY_DIT_CONFIG["joint_attention_dim"]
+    g = torch.Generator().manual_seed(seed)
     h_c = torch.randn(len(lengths), max(lengths), width, generator=g)
     mask = torch.zeros(len(lengths), max(lengths), dtype=torch.bool)
     for i, n in enumerate(lengths):
@@ -38,7 +39,7 @@ def test_cuda_graph_denoise_loop_with_guidance_matches_eager():
     compiled.compile(mode="reduce-overhead")
     images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
     h_c, mask = _conditioning()
-    negative = _conditioning((3, 3))
+    negative = _conditioning((7, 5), seed=1)  # same shapes as the positive: both passes replay one graph
     options = dict(num_steps=20, guidance=4.0, negative=negative, target_pixels=64 * 96)
 
     def edit(artist):
