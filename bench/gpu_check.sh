@@ -26,9 +26,9 @@ timeout 120 python3 -m pytest -q -m gpu tests --junitxml="$OUT/gpu_tests.xml" -p
 # two runs with their own limits, so a slow model compile cannot eat the kernels' figures (JSON is written after
 # every benchmark, so a run cut short keeps what it measured)
 echo "== kernel benchmarks =="
-timeout 150 python3 -m spc_fast.bench --json "$OUT/bench.json" \
+timeout 100 python3 -m spc_fast.bench --json "$OUT/bench.json" \
   --only photometric --only retouch --only nft_loss --only grpo_loss --only rewards || status=1
 echo "== model benchmarks =="
-timeout 180 python3 -m spc_fast.bench --json "$OUT/bench_models.json" --no-copy-bw \
-  --only critic_generate --only artist_step --only artist_sample || status=1
+timeout 210 python3 -m spc_fast.bench --json "$OUT/bench_models.json" --no-copy-bw \
+  --only artist_step --only critic_generate --only artist_sample || status=1
 exit $status
