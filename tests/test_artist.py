@@ -17,7 +17,7 @@ from PIL import Image  # noqa: E402
 
 from spc_fast.artist.lora import add_lora, merge_lora, set_adapter, unmerge_lora  # noqa: E402
 from spc_fast.artist.model import PhotoArtist  # noqa: E402
-from spc_fast.artist.rope import RealQwenRope, use_real_rope  # noqa: E402
+from spc_fast.artist.rope import RealQwenRope, apply_real_rope, rotate_pairs, use_real_rope  # noqa: E402
 from spc_fast.artist.sampler import dynamic_shift, output_size, pack_latents, unpack_latents  # noqa: E402
 from spc_fast.models.qwen_image import (  # noqa: E402
     DIT_CONFIG,
@@ -111,6 +111,8 @@ def test_real_rope_equals_complex(parts):
     torch.testing.assert_close(txt_r, torch.view_as_real(txt), atol=TOL["rope"], rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(real(**dit_inputs())[0], transformer(**dit_inputs())[0], atol=TOL["rope"], rtol=0)
+    x = torch.randn(2, img_r.shape[0], 3, 2 * img_r.shape[1])  # the traced (real) form against the eager one
+    torch.testing.assert_close(rotate_pairs(x, img_r), apply_real_rope(x, img_r), atol=1e-6, rtol=0)
 
 
 def test_matches_diffusers_edit_plus_pipeline(parts, monkeypatch):

@@ -9,7 +9,8 @@ swaps two pieces of a loaded `QwenImageTransformer2DModel`, leaving its weights 
 - `pos_embed` -> `RealQwenRope`: the same positions and frequencies, returned as `[S, head_dim / 2, 2]` (cos, sin)
   float32 tables computed on the fly (no caches, no complex numbers);
 - every block's attention processor -> `RealRopeJointAttnProcessor`: the same joint text+image attention, rotating
-  the (even, odd) pairs of q and k as `(a cos - b sin, a sin + b cos)`, which is the complex product written out.
+  the (even, odd) pairs of q and k as `(a cos - b sin, a sin + b cos)`, which is the complex product written out
+  (traced graphs only: eager calls keep the one-kernel complex product, see `apply_real_rope`).
   It lays the joint sequence out image-first, so H_c's right padding is a suffix of the keys: one [B, S] key mask
   serves every diffusers backend, and flash-attn's varlen kernel can drop the padding.
 
@@ -80,7 +81,19 @@ class RealQwenRope(nn.Module):
 
 
 def apply_real_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate (even, odd) channel pairs of x [B, S, H, D] by a (cos, sin) table [S, D / 2, 2]; float32 math."""
+    """Rotate (even, odd) channel pairs of x [B, S, H, D] by a (cos, sin) table [S, D / 2, 2]; float32 math.
+
+    Traced graphs (torch.compile, torch.export) get the real form; eager calls multiply as complex numbers, one
+    kernel where the real form is six (the same values: the real form is that product written out).
+    """
+    if torch.compiler.is_compiling():
+        return rotate_pairs(x, table)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # [B, S, H, D/2]
+    return torch.view_as_real(pairs * torch.view_as_complex(table)[None, :, None]).flatten(3).type_as(x)
+
+
+def rotate_pairs(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """The rotation in real arithmetic: (a, b) -> (a cos - b sin, a sin + b cos), no complex tensors."""
     cos = table[None, :, None, :, 0]  # [1, S, 1, D/2]
     sin = table[None, :, None, :, 1]
     a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, H, D/2] each
