@@ -86,12 +86,16 @@ def enhance_files(
     pipeline: Pipeline | None = None,
     overwrite: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
+    batch_size: int = 1,
 ) -> BatchResult:
     """Enhance every image named by ``inputs`` into ``output`` (a file for one input file, else a folder).
 
-    16-bit sources stay float32 through the pipeline and are written as 16-bit when the output is a PNG.
-    ``progress`` wraps the iteration over files (e.g. ``tqdm``).
+    ``batch_size`` files go through the pipeline together (the neural models batch images of one size); a batch the
+    pipeline rejects is retried file by file, so one bad image fails alone. 16-bit sources stay float32 through the
+    pipeline and are written as 16-bit when the output is a PNG. ``progress`` wraps the iteration over files.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     pipeline = pipeline or Pipeline()
     files, failures = collect_inputs(inputs)
     result = BatchResult(failures=failures)
@@ -100,6 +104,7 @@ def enhance_files(
     targets = plan_outputs(inputs, files, output)
     seen: dict[Path, Path] = {}
     pairs = list(zip(files, targets, strict=True))
+    loaded: list[tuple[Path, Path, torch.Tensor]] = []
     for source, target in progress(pairs) if progress else pairs:
         try:
             key = target.absolute()
@@ -109,9 +114,32 @@ def enhance_files(
                 )
             seen[key] = source
             io.check_output_path(target, source=source, overwrite=overwrite)
-            image = io.load_tensor(source)
-            enhanced = pipeline.enhance([image])
-            edited, record = enhanced.images[0], enhanced.records[0]
+            loaded.append((source, target, io.load_tensor(source)))
+        except ValueError as error:
+            result.failures.append(Failure(str(source), str(error)))
+        if len(loaded) == batch_size:
+            _enhance_and_save(pipeline, loaded, overwrite, result)
+            loaded = []
+    _enhance_and_save(pipeline, loaded, overwrite, result)
+    return result
+
+
+def _enhance_and_save(
+    pipeline: Pipeline, items: list[tuple[Path, Path, torch.Tensor]], overwrite: bool, result: BatchResult
+) -> None:
+    if not items:
+        return
+    try:
+        enhanced = pipeline.enhance([image for _, _, image in items])
+    except ValueError as error:
+        if len(items) > 1:  # find the image the pipeline refused: the others still go through
+            for item in items:
+                _enhance_and_save(pipeline, [item], overwrite, result)
+            return
+        result.failures.append(Failure(str(items[0][0]), str(error)))
+        return
+    for (source, target, image), edited, record in zip(items, enhanced.images, enhanced.records, strict=True):
+        try:
             io.save_image(target, edited, source=source, overwrite=overwrite, bit_depth=output_bit_depth(image, target))
         except ValueError as error:
             result.failures.append(Failure(str(source), str(error)))
@@ -120,7 +148,6 @@ def enhance_files(
             {"input": str(source), "output": str(target), "width": image.shape[2], "height": image.shape[1],
              **record.to_json()}
         )
-    return result
 
 
 def write_report(path: str | os.PathLike, payload: dict[str, object]) -> Path:

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     enhance.add_argument("--report", type=Path, metavar="JSON", help="write each image's critique, attributes "
                          "before/after and rewards to this JSON file")
     enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (even the inputs)")
+    enhance.add_argument("--batch", type=_at_least(1), default=1, metavar="N", help="images enhanced together "
+                         "(default 1); the neural models batch the images of one size")
     _model_arguments(enhance, artist=True)
     enhance.set_defaults(run=_enhance)
 
@@ -239,7 +241,8 @@ def _enhance(args: argparse.Namespace) -> int:
 
     pipeline, config = _pipeline(args)
     result = batch.enhance_files(
-        args.inputs, args.output, pipeline=pipeline, overwrite=args.overwrite, progress=progress
+        args.inputs, args.output, pipeline=pipeline, overwrite=args.overwrite, progress=progress,
+        batch_size=args.batch,
     )
     for item in result.written:
         score, after = item["critique"]["score"], item["score_after"]

@@ -99,6 +99,28 @@ def test_truncated_file_among_good_ones(photo_dir, tmp_path, capsys):
     assert [f["input"] for f in failures] == [str(broken)]
 
 
+def test_batches_isolate_the_image_the_pipeline_refuses(photo_dir, tmp_path, capsys, monkeypatch):
+    """--batch 2: three photos and a truncated file; a pipeline that refuses one image fails it alone."""
+    (photo_dir / "broken.png").write_bytes((photo_dir / "astronaut.png").read_bytes()[:300])
+    calls = []
+    enhance = batch.Pipeline.enhance
+    refused = load_tensor(photo_dir / "coffee.png")
+
+    def picky(self, images):
+        calls.append(len(images))
+        if any(torch.equal(image, refused) for image in images):
+            raise ValueError("refused the dark one")
+        return enhance(self, images)
+
+    monkeypatch.setattr(batch.Pipeline, "enhance", picky)
+    out = tmp_path / "out"
+    code, _, err = _run(capsys, "enhance", photo_dir, "-o", out, "--batch", 2)
+    assert code == 1 and "refused the dark one" in err and "2 of 4 images failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "chelsea.jpg"]
+    assert calls[0] == 2  # images went through two at a time, then one by one to find the refused one
+    assert _temporaries(tmp_path) == []
+
+
 def test_folder_without_images(tmp_path, photo_dir, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
