@@ -21,6 +21,7 @@ from spc_fast import attention
 from spc_fast.artist.model import PhotoArtist
 from spc_fast.bench.artist_step import CUDA_LAYERS, TEXT_TOKENS
 from spc_fast.bench.harness import Row, measure
+from spc_fast.config import ArtistConfig
 from spc_fast.models import qwen_image
 
 BASELINES = ("diffusers pipeline eager",)
@@ -93,10 +94,12 @@ def run(device: torch.device, quick: bool = False) -> list[Row]:
 
     candidates = {"diffusers pipeline eager": diffusers_edit}
     for backend in attention.runnable(device, dtype):
-        artist = PhotoArtist(copy.deepcopy(transformer), vae, copy.deepcopy(scheduler), attention=backend)
+        artist = PhotoArtist(copy.deepcopy(transformer), vae, copy.deepcopy(scheduler), ArtistConfig(attention=backend))
         candidates[f"spc-fast eager {backend}"] = ours(artist)
         if not quick:
-            compiled = PhotoArtist(copy.deepcopy(transformer), vae, copy.deepcopy(scheduler), attention=backend)
+            compiled = PhotoArtist(
+                copy.deepcopy(transformer), vae, copy.deepcopy(scheduler), ArtistConfig(attention=backend)
+            )
             compiled.compile(**({"mode": "reduce-overhead"} if device.type == "cuda" else {}))
             candidates[f"spc-fast compile {backend}"] = ours(compiled)
 

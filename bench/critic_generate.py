@@ -14,6 +14,7 @@ import torch
 from spc_fast.bench.harness import Row, measure
 from spc_fast.critic.generate import StaticGenerator
 from spc_fast.models import qwen_vl
+from spc_fast.models.factory import tiny_critic_corpus
 
 BASELINES = ("transformers generate",)
 ERROR_KIND = "fraction of generated tokens that differ from eager generate (greedy)"
@@ -27,7 +28,7 @@ def _model(device: torch.device, quick: bool):
         with torch.device(device):
             model = qwen_vl.Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
         return model.eval(), f"7B width, {CUDA_LAYERS} layers"
-    model, _ = qwen_vl.build_tiny_critic(seed=0)
+    model, _ = qwen_vl.build_tiny_critic(seed=0, corpus=tiny_critic_corpus())
     return model.to(device).eval(), "tiny"
 
 

@@ -66,11 +66,11 @@ class Case:
 
 
 def load_photos(names: tuple[str, ...] = REFERENCES, size: int | None = None) -> dict[str, torch.Tensor]:
-    """scikit-image's bundled photos through ``io.load_tensor``, optionally area-resized to ``size`` px on the
+    """scikit-image's bundled photos through ``imagefiles.load_tensor``, optionally area-resized to ``size`` px on the
     long side; float32 in [0, 1]."""
     import skimage.data
 
-    from spc_fast.io import load_tensor
+    from spc_fast.imagefiles import load_tensor
 
     folder = Path(skimage.data.__file__).parent
     photos = {}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (fits in 8 minutes on an H100/H200): installs the wheels the device lacks and the
-# project, runs the GPU-only tests (Triton compiled for real, not interpreted), then the benchmarks.
+# project, runs the GPU-only tests (Triton compiled for real, not interpreted: the kernel tests assert that the
+# compiled kernels launched, the model tests that inductor compiled and kept its CUDA graphs), then the benchmarks.
 # Writes $OUT/gpu_check.log, $OUT/gpu_tests.xml, $OUT/bench.json (kernels) and $OUT/bench_models.json (critic, artist).
 #
 # Here, once:   ../shared/device/pack-wheels.sh

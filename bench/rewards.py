@@ -21,7 +21,7 @@ import torch
 from spc_fast import colour, colour_torch, photometric, retouch, rewards
 from spc_fast.bench.harness import Row, measure
 from spc_fast.bench.photos import photo_batch
-from spc_fast.critic.format import TONE_OPS, Suggestion
+from spc_fast.critic.vocabulary import TONE_OPS, Suggestion
 
 BASELINES = ("eager torch",)
 ERROR_KIND = "max |r_PA - float64-attribute reference| over the first 8 images"

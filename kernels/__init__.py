@@ -1,27 +1,26 @@
-"""Fused Triton kernels, one op per module, each with its launcher and its torch fallback.
+"""Fused Triton kernels, one op per module, each with its launcher, beside its public entry and torch reference.
 
-Imported as ``spc_fast.kernels`` (the folder ``kernels/`` is mapped onto that name by pyproject.toml). The RL
-losses are re-exported here lazily: their public functions live in ``spc_fast.rl_losses``, which imports Triton
-only on the kernel path, so importing this package never needs Triton.
+Imported as ``spc_fast.kernels`` (the folder ``kernels/`` is mapped onto that name by pyproject.toml).
+- Kernel modules (import Triton): ``photometric_stats``, ``retouch_chain``, ``nft``, ``grpo``, and their shared
+  ``@triton.jit`` colour helpers ``tl_colour``.
+- Triton-free modules, imported here: the public RL losses (``nft_entry``, ``grpo_entry``) with their inputs
+  (``loss_inputs``), the torch references (``references``), the dispatch rule (``dispatch``), the device's SM count
+  for grid sizing (``grid``) and the photometric statistics contract (``photometric_partials``).
+Importing this package never imports Triton: the entries import their kernel module only on the kernel path.
 """
 
-import importlib
+from spc_fast.kernels.grpo_entry import grpo_loss, grpo_loss_from_logits, token_logprobs
+from spc_fast.kernels.loss_inputs import group_advantages, optimality_from_advantage
+from spc_fast.kernels.nft_entry import nft_loss
+from spc_fast.kernels.references import grpo_loss_reference, nft_loss_reference
 
-_LAZY = {
-    "nft_loss": "spc_fast.rl_losses",
-    "grpo_loss": "spc_fast.rl_losses",
-    "grpo_loss_from_logits": "spc_fast.rl_losses",
-    "token_logprobs": "spc_fast.rl_losses",
-    "group_advantages": "spc_fast.rl_losses",
-    "optimality_from_advantage": "spc_fast.rl_losses",
-    "nft_loss_reference": "spc_fast.kernels.references",
-    "grpo_loss_reference": "spc_fast.kernels.references",
-}
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__all__ = [
+    "group_advantages",
+    "grpo_loss",
+    "grpo_loss_from_logits",
+    "grpo_loss_reference",
+    "nft_loss",
+    "nft_loss_reference",
+    "optimality_from_advantage",
+    "token_logprobs",
+]

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from spc_fast.kernels.dispatch import interpreting
+from spc_fast.kernels.dispatch import interpreting, record_launch
 from spc_fast.kernels.tl_colour import round_to_bfloat16
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -143,6 +143,7 @@ def launch_rows(
     rows, vocab = logits.shape
     if rows == 0:
         return
+    record_launch(_grpo_rows_kernel)
     _grpo_rows_kernel[(rows,)](
         logits,
         logits if grad is None else grad,

@@ -24,16 +24,17 @@ import torch
 import triton
 import triton.language as tl
 
-from spc_fast.kernels.dispatch import interpreting
+from spc_fast.kernels.dispatch import interpreting, record_launch
+from spc_fast.kernels.grid import min_programs
 from spc_fast.kernels.tl_colour import round_to_bfloat16
 
 NUM_SUMS = 5  # Σu⁺², Σ|u⁺|, Σu⁻², Σ|u⁻|, Σ(v_θ − v_ref)²
 
-# H100: 132 SMs. 2048 elements over 8 warps is 8 per thread: one 16-byte load per tensor for bf16. About 8
-# programs per SM, each summing up to MAX_CHUNKS blocks, keeps the partial buffer small and the tail wave short.
+# 2048 elements over 8 warps is 8 per thread: one 16-byte load per tensor for bf16. About 8 programs per SM,
+# each summing up to MAX_CHUNKS blocks, keeps the partial buffer small and the tail wave short.
 GPU_BLOCK = 2048
 GPU_NUM_WARPS = 8
-GPU_MIN_PROGRAMS = 8 * 132
+PROGRAMS_PER_SM = 8
 MAX_CHUNKS = 64
 FINALIZE_BLOCK = 256
 # The interpreter runs programs one after another with numpy per op: wide blocks, one program per sample.
@@ -179,12 +180,12 @@ class LaunchConfig(NamedTuple):
     num_warps: int
 
 
-def launch_config(batch: int, num_elements: int) -> LaunchConfig:
-    """Block, chunks per program and warps for ``batch`` samples of ``num_elements`` elements."""
+def launch_config(batch: int, num_elements: int, device: torch.device) -> LaunchConfig:
+    """Block, chunks per program and warps for ``batch`` samples of ``num_elements`` elements on ``device``."""
     if interpreting():
         block = min(INTERPRET_BLOCK, triton.next_power_of_2(num_elements))
         return LaunchConfig(block, min(MAX_CHUNKS, triton.cdiv(num_elements, block)), 1)
-    programs_per_sample = triton.cdiv(GPU_MIN_PROGRAMS, batch)
+    programs_per_sample = triton.cdiv(min_programs(device, PROGRAMS_PER_SM), batch)
     chunks = triton.cdiv(num_elements, GPU_BLOCK * programs_per_sample)
     return LaunchConfig(GPU_BLOCK, max(1, min(MAX_CHUNKS, chunks)), GPU_NUM_WARPS)
 
@@ -202,39 +203,26 @@ def _launch_pass(
     *,
     write_sums: bool,
     write_grad: bool,
-    config: LaunchConfig | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     batch, num_elements = v_theta.shape
-    config = config or launch_config(batch, num_elements)
+    config = launch_config(batch, num_elements, v_theta.device)
     per_program = config.block * config.chunks
     num_partials = triton.cdiv(num_elements, per_program)
     f32 = dict(dtype=torch.float32, device=v_theta.device)
     partials = torch.empty((batch, num_partials, NUM_SUMS), **f32) if write_sums else None
     grad = torch.empty_like(v_theta) if write_grad else None
     placeholder = r  # any tensor: pointers behind false flags are never read or written
+    record_launch(_nft_pass_kernel)
     _nft_pass_kernel[(num_partials, batch)](
-        v_theta,
-        v_old,
-        v_target,
-        placeholder if v_ref is None else v_ref,
-        r,
+        v_theta, v_old, v_target, placeholder if v_ref is None else v_ref, r,
         placeholder if scales is None else scales,
         placeholder if grad_loss is None else grad_loss,
         placeholder if grad is None else grad,
         placeholder if partials is None else partials,
-        num_elements,
-        per_program,
-        config.chunks,
-        beta,
-        kl_weight,
-        HAS_REF=v_ref is not None,
-        ADAPTIVE=scales is not None,
-        HAS_GRAD_OUT=grad_loss is not None,
-        WRITE_SUMS=write_sums,
-        WRITE_GRAD=write_grad,
-        IS_BFLOAT16=v_theta.dtype == torch.bfloat16,
-        BLOCK=config.block,
-        num_warps=config.num_warps,
+        num_elements, per_program, config.chunks, beta, kl_weight,
+        HAS_REF=v_ref is not None, ADAPTIVE=scales is not None, HAS_GRAD_OUT=grad_loss is not None,
+        WRITE_SUMS=write_sums, WRITE_GRAD=write_grad, IS_BFLOAT16=v_theta.dtype == torch.bfloat16,
+        BLOCK=config.block, num_warps=config.num_warps,
     )
     return partials, grad
 
@@ -273,19 +261,10 @@ def nft_loss_forward(
     )
     loss = torch.empty(batch, dtype=torch.float32, device=v_theta.device)
     scales = torch.empty((batch, 2), dtype=torch.float32, device=v_theta.device)
+    record_launch(_nft_finalize_kernel)
     _nft_finalize_kernel[(batch,)](
-        partials,
-        t,
-        r,
-        loss,
-        scales,
-        partials.shape[1],
-        num_elements,
-        beta,
-        kl_weight,
-        ADAPTIVE=adaptive,
-        BLOCK=FINALIZE_BLOCK,
-        num_warps=4,
+        partials, t, r, loss, scales, partials.shape[1], num_elements, beta, kl_weight,
+        ADAPTIVE=adaptive, BLOCK=FINALIZE_BLOCK, num_warps=4,
     )
     return loss, scales, v_theta.new_empty(0) if grad is None else grad
 
@@ -314,17 +293,8 @@ def nft_loss_backward(
     """∂Loss/∂v_θ [B, N] for dLoss/dloss = ``grad_loss`` [B] (float32), given the s± of the forward pass."""
     _check_offsets(v_theta)
     _, grad = _launch_pass(
-        v_theta,
-        v_old,
-        v_target,
-        v_ref,
-        r,
-        scales if adaptive else None,
-        grad_loss,
-        beta,
-        kl_weight,
-        write_sums=False,
-        write_grad=True,
+        v_theta, v_old, v_target, v_ref, r, scales if adaptive else None, grad_loss, beta, kl_weight,
+        write_sums=False, write_grad=True,
     )
     return grad
 

@@ -1,8 +1,8 @@
 """Fused per-block photometric statistics: one read of an sRGB image -> Lab -> mean/M2 of L*, sums of C*, XYZ.
 
 Kernel -> launcher -> ``torch.library`` op ``spc_fast::photometric_stats`` (with a fake) -> torch reference
-(``spc_fast.photometric.block_stats_torch``). The output rows follow ``photometric.STAT_NAMES`` and are
-combined into attributes by ``photometric.finalize``.
+(``spc_fast.photometric.block_stats_torch``). The output rows follow the contract of ``photometric_partials``
+(``STAT_NAMES``) and are combined into attributes by ``spc_fast.photometric.finalize``.
 
 Grid: (pixel block, image). Each program owns ``chunks`` consecutive BLOCK-wide chunks of one image's pixels
 and keeps one running (count, mean, M2) of L* per lane (Welford), merged across lanes at the end with Chan's
@@ -27,9 +27,10 @@ import triton.language as tl
 
 from spc_fast import colour
 from spc_fast.colour_torch import uint8_linear_table
-from spc_fast.kernels.dispatch import interpreting, use_triton
+from spc_fast.kernels.dispatch import interpreting, record_launch, use_triton
+from spc_fast.kernels.grid import min_programs
+from spc_fast.kernels.photometric_partials import NUM_STATS
 from spc_fast.kernels.tl_colour import lab_f, srgb_to_linear
-from spc_fast.photometric import NUM_STATS
 
 # Linear RGB -> (X/Xn, Y/Yn, Z/Zn): the D65 white division is folded into the rows of the matrix.
 _XYZ_SCALED = colour.RGB_TO_XYZ / colour.WHITE_D65[:, None]
@@ -44,16 +45,17 @@ ZG = tl.constexpr(float(_XYZ_SCALED[2, 1]))
 ZB = tl.constexpr(float(_XYZ_SCALED[2, 2]))
 WHITE_X = tl.constexpr(float(colour.WHITE_D65[0]))
 WHITE_Z = tl.constexpr(float(colour.WHITE_D65[2]))
+STATS = tl.constexpr(NUM_STATS)
 
 
 CBRT_NEWTON = True
 
-# H100: 132 SMs. BLOCK 1024 over 8 warps is 4 pixels per thread at 64 registers (80 with the pre-transform):
-# 3-4 programs resident per SM. At least 16 programs per SM (>= 4 waves) keeps the last partial wave cheap,
-# and large images still give each program several chunks, which amortises its final reduction.
+# BLOCK 1024 over 8 warps is 4 pixels per thread at 64 registers (80 with the pre-transform) on sm_90: 3-4
+# programs resident per SM. At least 16 programs per SM (>= 4 waves) keeps the last partial wave cheap, and
+# large images still give each program several chunks, which amortises its final reduction.
 GPU_BLOCK = 1024
 GPU_NUM_WARPS = 8
-GPU_MIN_PROGRAMS = 16 * 132
+PROGRAMS_PER_SM = 16
 MAX_CHUNKS = 32
 # The interpreter runs programs one after another with numpy per op: wide blocks, few programs.
 INTERPRET_BLOCK = 1 << 16
@@ -78,7 +80,7 @@ def _photometric_stats_kernel(
     table_ptr,  # [256] float32 linearised uint8 codes
     matrix_ptr,  # [B, 3, 3] float32 pre-transform of linear RGB (read only when HAS_TRANSFORM)
     upper_ptr,  # [B] float32 upper clamp of the pre-transform (read only when HAS_TRANSFORM)
-    out_ptr,  # [B, NB, 7] float32 per-block statistics, photometric.STAT_NAMES order
+    out_ptr,  # [B, NB, NUM_STATS] float32 per-block statistics, photometric_partials.STAT_NAMES order
     num_pixels,  # H * W
     pixels_per_program,  # chunks * BLOCK
     num_chunks,
@@ -156,7 +158,7 @@ def _photometric_stats_kernel(
     spread = mean - block_mean
     block_m2 = tl.sum(m2, axis=0) + tl.sum(count * spread * spread, axis=0)
 
-    out = out_ptr + (img * tl.num_programs(0) + pid) * 7
+    out = out_ptr + (img * tl.num_programs(0) + pid) * STATS
     tl.store(out + 0, total)
     tl.store(out + 1, block_mean)
     tl.store(out + 2, block_m2)
@@ -172,31 +174,32 @@ class LaunchConfig(NamedTuple):
     num_warps: int
 
 
-def _block_and_min_programs() -> tuple[int, int]:
+def _block_and_min_programs(device: torch.device) -> tuple[int, int]:
     if interpreting():
         return INTERPRET_BLOCK, INTERPRET_MIN_PROGRAMS
-    return GPU_BLOCK, GPU_MIN_PROGRAMS
+    return GPU_BLOCK, min_programs(device, PROGRAMS_PER_SM)
 
 
-def _chunks(num_pixels):
-    block, min_programs = _block_and_min_programs()
+def _chunks(num_pixels: int, device: torch.device) -> int:
+    block, min_programs = _block_and_min_programs(device)
     return max(1, min(MAX_CHUNKS, num_pixels // (block * min_programs)))
 
 
-def num_blocks(height, width):
-    """Rows of the output per image: a pure function of the image size (the fake implementation uses it)."""
+def num_blocks(height: int, width: int, device: torch.device) -> int:
+    """Rows of the output per image: a function of the image size and the device (the fake uses it)."""
     num_pixels = height * width
-    block, _ = _block_and_min_programs()
-    return (num_pixels + block * _chunks(num_pixels) - 1) // (block * _chunks(num_pixels))
+    block, _ = _block_and_min_programs(device)
+    per_program = block * _chunks(num_pixels, device)
+    return (num_pixels + per_program - 1) // per_program
 
 
-def launch_config(num_pixels: int) -> LaunchConfig:
-    """Block size, chunks per program and warps for images of ``num_pixels`` pixels."""
-    block, _ = _block_and_min_programs()
+def launch_config(num_pixels: int, device: torch.device) -> LaunchConfig:
+    """Block size, chunks per program and warps for images of ``num_pixels`` pixels on ``device``."""
+    block, _ = _block_and_min_programs(device)
     if interpreting():
         # Same number of programs as with the full block (one, for images up to INTERPRET_BLOCK pixels).
-        return LaunchConfig(min(block, triton.next_power_of_2(num_pixels)), _chunks(num_pixels), 1)
-    return LaunchConfig(block, _chunks(num_pixels), GPU_NUM_WARPS)
+        return LaunchConfig(min(block, triton.next_power_of_2(num_pixels)), _chunks(num_pixels, device), 1)
+    return LaunchConfig(block, _chunks(num_pixels, device), GPU_NUM_WARPS)
 
 
 def _pixel_view(images: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -222,7 +225,7 @@ def launch(
     """Run the kernel on validated images [B, 3, H, W]; ``config`` and ``cbrt_newton`` override defaults."""
     batch, _, height, width = images.shape
     num_pixels = height * width
-    config = config or launch_config(num_pixels)
+    config = config or launch_config(num_pixels, images.device)
     images, stride_p = _pixel_view(images)
     if max(abs(stride_p) * num_pixels, 3 * abs(images.stride(1))) >= 2**31:
         raise ValueError(
@@ -236,6 +239,7 @@ def launch(
     has_transform = linear_matrix is not None
     matrix = linear_matrix.contiguous() if has_transform else table
     upper = upper.contiguous() if has_transform else table
+    record_launch(_photometric_stats_kernel)
     _photometric_stats_kernel[(blocks, batch)](
         images,
         table,
@@ -267,12 +271,12 @@ def _photometric_stats_op(
 @_photometric_stats_op.register_fake
 def _(images: torch.Tensor, linear_matrix: torch.Tensor | None, upper: torch.Tensor | None) -> torch.Tensor:
     batch, _, height, width = images.shape
-    return images.new_empty((batch, num_blocks(height, width), NUM_STATS), dtype=torch.float32)
+    return images.new_empty((batch, num_blocks(height, width, images.device), NUM_STATS), dtype=torch.float32)
 
 
 def eligible(images: torch.Tensor) -> bool:
-    """Whether the Triton kernel handles these images (CUDA, or CPU under the interpreter): ``use_triton``."""
-    return use_triton(images)
+    """Whether the Triton kernel handles these images under the kernel setting (``dispatch.use_triton``)."""
+    return use_triton(images, op="photometric_stats")
 
 
 def _check_transform(images: torch.Tensor, linear_matrix: torch.Tensor | None, upper: torch.Tensor | None):
@@ -294,11 +298,11 @@ def _check_transform(images: torch.Tensor, linear_matrix: torch.Tensor | None, u
 def photometric_stats(
     images: torch.Tensor, linear_matrix: torch.Tensor | None = None, upper: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Per-block statistics [B, NB, 7] (photometric.STAT_NAMES) of validated sRGB images [B, 3, H, W].
+    """Per-block statistics [B, NB, NUM_STATS] (``photometric_partials``) of validated sRGB images [B, 3, H, W].
 
     images: uint8 or float16/bfloat16/float32/float64 in [0, 1] (``images.check_batch``), any memory format.
     With ``linear_matrix`` [B, 3, 3] and ``upper`` [B] (float32, upper >= 0) every pixel's linear RGB becomes
-    ``clamp(linear_matrix[b] @ rgb, 0, upper[b])`` before anything is measured. NB = ``num_blocks(H, W)``.
+    ``clamp(linear_matrix[b] @ rgb, 0, upper[b])`` before anything is measured. NB = ``num_blocks(H, W, device)``.
     """
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from spc_fast import colour
 from spc_fast.colour_torch import uint8_linear_table
+from spc_fast.kernels.dispatch import record_launch
 from spc_fast.kernels.tl_colour import lab_f, lab_f_inverse, linear_to_srgb, round_to_bfloat16, srgb_to_linear
 
 BLOCK_PIXELS = 1024
@@ -193,6 +194,7 @@ def _launch(
     f32 = dict(dtype=torch.float32, device=images.device)
     lab, table = _constants(images.device)
     grid = (triton.cdiv(height * width, BLOCK_PIXELS), batch)
+    record_launch(_retouch_chain_kernel)
     _retouch_chain_kernel[grid](
         images,
         out,

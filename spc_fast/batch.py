@@ -2,7 +2,7 @@
 
 A failing file (unreadable, truncated, an output that would replace its input, a folder that cannot be
 written) is recorded and the rest still run; ``BatchResult.failures`` lists them. Every image is written
-atomically by ``io.save_image`` (temporary file, then rename), so a failure never leaves a partial file.
+atomically by ``imagefiles.save_image`` (temporary file, then rename), so a failure never leaves a partial file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from spc_fast import io
+from spc_fast import imagefiles
 from spc_fast.pipeline import Pipeline
 
 
@@ -45,9 +45,9 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], lis
     files, failures = [], []
     for entry in map(Path, inputs):
         if entry.is_dir():
-            found = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in io.FORMATS)
+            found = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in imagefiles.FORMATS)
             if not found:
-                extensions = ", ".join(sorted(io.FORMATS))
+                extensions = ", ".join(sorted(imagefiles.FORMATS))
                 failures.append(Failure(str(entry), f"{entry}: folder contains no images ({extensions})"))
             files.extend(found)
         else:
@@ -66,7 +66,7 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], files: Sequence[Path], out
         raise ValueError(
             f"{output}: is a file, but several images (or a folder) need an output folder; name a folder"
         )
-    if output.suffix.lower() in io.FORMATS and not output.exists():
+    if output.suffix.lower() in imagefiles.FORMATS and not output.exists():
         raise ValueError(
             f"{output}: looks like a file name, but {len(files)} images need an output folder; name a folder"
         )
@@ -75,7 +75,7 @@ def plan_outputs(inputs: Sequence[str | os.PathLike], files: Sequence[Path], out
 
 
 def output_bit_depth(image: torch.Tensor, path: Path) -> int:
-    """16 for a float image (a 16-bit source, as ``io.load_tensor`` gives it) written to a PNG, else 8."""
+    """16 for a float image (a 16-bit source, as ``imagefiles.load_tensor`` gives it) written to a PNG, else 8."""
     return 16 if image.is_floating_point() and path.suffix.lower() == ".png" else 8
 
 
@@ -109,12 +109,12 @@ def enhance_files(
         try:
             key = target.absolute()
             if key in seen:
-                raise io.ImageError(
+                raise imagefiles.ImageError(
                     f"{source}: its output {target} is also the output of {seen[key]}; rename one of them"
                 )
             seen[key] = source
-            io.check_output_path(target, source=source, overwrite=overwrite)
-            loaded.append((source, target, io.load_tensor(source)))
+            imagefiles.check_output_path(target, source=source, overwrite=overwrite)
+            loaded.append((source, target, imagefiles.load_tensor(source)))
         except ValueError as error:
             result.failures.append(Failure(str(source), str(error)))
         if len(loaded) == batch_size:
@@ -140,7 +140,9 @@ def _enhance_and_save(
         return
     for (source, target, image), edited, record in zip(items, enhanced.images, enhanced.records, strict=True):
         try:
-            io.save_image(target, edited, source=source, overwrite=overwrite, bit_depth=output_bit_depth(image, target))
+            imagefiles.save_image(
+                target, edited, source=source, overwrite=overwrite, bit_depth=output_bit_depth(image, target)
+            )
         except ValueError as error:
             result.failures.append(Failure(str(source), str(error)))
             continue
@@ -156,5 +158,5 @@ def write_report(path: str | os.PathLike, payload: dict[str, object]) -> Path:
     if not path.absolute().parent.is_dir():
         raise ValueError(f"{path}: the folder {path.absolute().parent} does not exist; create it first")
     text = json.dumps(payload, indent=2, default=str).encode()
-    io.atomic_write(path, lambda file: file.write(text))
+    imagefiles.atomic_write(path, lambda file: file.write(text))
     return path

@@ -107,6 +107,12 @@ def mccamy_cct(x: float, y: float) -> float:
     return float(((c3 * n + c2) * n + c1) * n + c0)
 
 
+# x of the CIE daylight locus as a cubic in s = 1000 / cct: coefficients of 1, s, s^2, s^3 (CIE 15:2004, eq. 3.3).
+DAYLIGHT_X_LOW = (0.244063, 0.09911, 2.9678, -4.6070)  # cct <= 7000 K (extended below 4000 K)
+DAYLIGHT_X_HIGH = (0.237040, 0.24748, 1.9018, -2.0064)  # cct > 7000 K
+DAYLIGHT_Y = (-0.275, 2.870, -3.0)  # y = c0 + c1 x + c2 x^2 (eq. 3.4)
+
+
 def daylight_xy(cct: float) -> tuple[float, float]:
     """Chromaticity of the CIE daylight locus at ``cct`` kelvin (CIE 15:2004, eq. 3.3-3.4).
 
@@ -114,11 +120,9 @@ def daylight_xy(cct: float) -> tuple[float, float]:
     smooth and monotone down to the 2000 K this project's operators can reach (2 x "significantly warmer").
     """
     s = 1e3 / cct
-    if cct <= 7000.0:
-        x = 0.244063 + 0.09911 * s + 2.9678 * s**2 - 4.6070 * s**3
-    else:
-        x = 0.237040 + 0.24748 * s + 1.9018 * s**2 - 2.0064 * s**3
-    y = -3.0 * x * x + 2.870 * x - 0.275
+    c0, c1, c2, c3 = DAYLIGHT_X_LOW if cct <= 7000.0 else DAYLIGHT_X_HIGH
+    x = c0 + c1 * s + c2 * s**2 + c3 * s**3
+    y = DAYLIGHT_Y[0] + DAYLIGHT_Y[1] * x + DAYLIGHT_Y[2] * x * x
     return x, y
 
 

@@ -6,6 +6,8 @@ required to be finite and inside [0, 1]. Errors name the problem and the fix.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import torch
 
@@ -19,7 +21,7 @@ def numpy_to_unit(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(
             f"expected an H x W x 3 RGB array, got shape {image.shape}; "
-            "load files with spc_fast.io.load_image, which converts grayscale/RGBA/palette images to RGB"
+            "load files with spc_fast.imagefiles.load_image, which converts grayscale/RGBA/palette images to RGB"
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image is empty (shape {image.shape}); pass an image with at least one pixel")
@@ -44,13 +46,16 @@ def _check_float_range(finite: bool, lo: float, hi: float) -> None:
         )
 
 
-def check_batch(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def check_batch(images: torch.Tensor, *, check_values: bool = True) -> tuple[torch.Tensor, bool]:
     """Validate an image tensor and return it as (B, 3, H, W) plus whether the input had no batch axis.
 
     Float range checks cost one reduction (and a host sync on CUDA); they are done here, once, before any kernel.
+    ``check_values=False`` keeps only the shape and dtype checks, for tensors whose values a caller checked once.
     """
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(images).__name__}; use torch.from_numpy or io.load_tensor")
+        raise TypeError(
+            f"expected a torch.Tensor, got {type(images).__name__}; use torch.from_numpy or imagefiles.load_tensor"
+        )
     unbatched = images.dim() == 3
     if unbatched:
         images = images.unsqueeze(0)
@@ -63,7 +68,7 @@ def check_batch(images: torch.Tensor) -> tuple[torch.Tensor, bool]:
         raise ValueError(f"image batch is empty (shape {tuple(images.shape)}); pass at least one pixel per image")
     if images.dtype not in TENSOR_DTYPES:
         raise ValueError(f"unsupported dtype {images.dtype}; use uint8 or float16/bfloat16/float32 in [0, 1]")
-    if images.dtype != torch.uint8:
+    if check_values and images.dtype != torch.uint8:
         lo, hi = torch.aminmax(images)
         finite = bool(torch.isfinite(lo) & torch.isfinite(hi))
         _check_float_range(finite, float(lo), float(hi))
@@ -93,3 +98,30 @@ def pixel_view(images: torch.Tensor) -> torch.Tensor:
     if is_channels_last(images):
         return images.permute(0, 2, 3, 1).flatten(1, 2).transpose(1, 2)
     return images.flatten(2)
+
+
+def as_image_list(images: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A (B, 3, H, W) batch or a sequence of (3, H, W) / (1, 3, H, W) images (any sizes) as validated (3, H, W)
+    tensors."""
+    if isinstance(images, torch.Tensor):
+        return list(check_batch(images)[0].unbind(0))
+    out = []
+    for image in images:
+        batch, unbatched = check_batch(image)
+        if batch.shape[0] != 1:
+            raise ValueError(
+                f"an image in the list is a batch of {batch.shape[0]}; pass (3, H, W) images, or one (B, 3, H, W) "
+                "tensor"
+            )
+        out.append(image if unbatched else batch[0])
+    if not out:
+        raise ValueError("no images given; pass at least one")
+    return out
+
+
+def same_size_groups(images: Sequence[torch.Tensor], indices: Iterable[int] | None = None) -> list[list[int]]:
+    """The given indices (default: all) grouped by (shape, dtype, device): each group stacks into one batch."""
+    groups: dict[tuple, list[int]] = {}
+    for i in range(len(images)) if indices is None else indices:
+        groups.setdefault((tuple(images[i].shape), images[i].dtype, images[i].device), []).append(i)
+    return list(groups.values())

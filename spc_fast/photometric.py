@@ -7,19 +7,19 @@ Both produce the same per-block partial statistics and share ``finalize``.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from spc_fast import colour, colour_torch
-from spc_fast.images import check_batch, numpy_to_unit, pixel_view
+from spc_fast.images import check_batch, numpy_to_unit, pixel_view, same_size_groups
+from spc_fast.kernels import dispatch
+from spc_fast.kernels.photometric_partials import NUM_STATS, STAT_NAMES  # noqa: F401 - the kernel's contract
 
 ATTRIBUTE_NAMES = ("exposure", "contrast", "saturation", "cct")
 NUM_ATTRIBUTES = len(ATTRIBUTE_NAMES)
-
-# Partial statistics of one block of pixels, the contract between the kernels and ``finalize``:
-# pixel count, mean and M2 (sum of squared deviations) of L*, and the sums of chroma, X, Y, Z.
-STAT_NAMES = ("count", "mean_l", "m2_l", "sum_chroma", "sum_x", "sum_y", "sum_z")
-NUM_STATS = len(STAT_NAMES)
 
 NEUTRAL_WHITE_CCT = colour.mccamy_cct(*(colour.WHITE_D65[:2] / colour.WHITE_D65.sum()))
 
@@ -84,6 +84,13 @@ def default_tile_pixels(images: torch.Tensor) -> int:
     return CPU_TILE_PIXELS if images.device.type == "cpu" else images[:, 0].numel()
 
 
+@functools.cache
+def _xyz_matrices(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # linear RGB -> XYZ, and -> XYZ / white, made once per device (no host-to-device copy per call)
+    rgb_to_xyz = torch.as_tensor(colour.RGB_TO_XYZ, dtype=dtype, device=device)
+    return rgb_to_xyz, rgb_to_xyz / torch.as_tensor(colour.WHITE_D65, dtype=dtype, device=device)[:, None]
+
+
 def block_stats_torch(
     images: torch.Tensor,
     tile_pixels: int | None = None,
@@ -105,10 +112,9 @@ def block_stats_torch(
     device = images.device
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     table = colour_torch.uint8_linear_table(dtype, device) if images.dtype == torch.uint8 else None
-    rgb_to_xyz = torch.as_tensor(colour.RGB_TO_XYZ, dtype=dtype, device=device)
+    rgb_to_xyz, to_xyz_scaled = _xyz_matrices(dtype, device)
     if linear_matrix is not None:
         linear_matrix, upper = linear_matrix.to(dtype), upper.to(dtype)
-    to_xyz_scaled = rgb_to_xyz / rgb_to_xyz.new_tensor(colour.WHITE_D65)[:, None]
     per_tile = max(1, (tile_pixels or default_tile_pixels(images)) // batch)
     rows = []
     for start in range(0, pixels.shape[-1], per_tile):
@@ -132,17 +138,16 @@ def block_stats_torch(
     return torch.stack(rows, dim=1)
 
 
-def attributes(images: torch.Tensor) -> torch.Tensor:
+def attributes(images: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
     """Photometric attributes of sRGB images.
 
     images: (B, 3, H, W) or (3, H, W), uint8 or float16/bfloat16/float32 in [0, 1], any memory format, any device.
     Returns float32 (B, 4) (or (4,)) in ATTRIBUTE_NAMES order. On CUDA the fused Triton kernel runs (one read of
-    the image); elsewhere a tiled torch path. ``SPC_FAST_DISABLE_TRITON=1`` forces the torch path.
+    the image); elsewhere a tiled torch path. ``SPC_FAST_KERNELS=auto|triton|torch`` chooses (``kernels.dispatch``).
+    ``validate=False`` skips the float range check (a host sync) for images a caller has already checked.
     """
-    from spc_fast.kernels import dispatch
-
-    batch, unbatched = check_batch(images)
-    if dispatch.use_triton(batch):  # the kernel module imports triton: only reached where triton imports
+    batch, unbatched = check_batch(images, check_values=validate)
+    if dispatch.use_triton(batch, op="photometric_stats"):  # the kernel module imports triton: reached only then
         from spc_fast.kernels.photometric_stats import photometric_stats
 
         partials = photometric_stats(batch)
@@ -150,3 +155,11 @@ def attributes(images: torch.Tensor) -> torch.Tensor:
         partials = block_stats_torch(batch)
     out = finalize(partials)
     return out[0] if unbatched else out
+
+
+def attributes_of(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Attributes [B, 4] of (3, H, W) images of any sizes: one batched ``attributes`` call per size."""
+    out = torch.empty(len(images), NUM_ATTRIBUTES)
+    for indices in same_size_groups(images):
+        out[indices] = attributes(torch.stack([images[i] for i in indices])).cpu()
+    return out

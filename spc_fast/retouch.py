@@ -15,6 +15,7 @@ cache-tiled torch path ``retouch_torch`` elsewhere.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -23,6 +24,7 @@ import torch
 
 from spc_fast import colour, colour_torch, photometric
 from spc_fast.images import check_batch, from_unit_float, is_channels_last, numpy_to_unit, pixel_view
+from spc_fast.kernels import dispatch
 
 NEUTRAL = {"exposure": 0.0, "contrast": 1.0, "saturation": 1.0, "temperature": 0.0}
 
@@ -89,48 +91,82 @@ def _check_value(name: str, value: float) -> None:
         colour.temperature_matrix(value)
 
 
-def _per_image(name: str, value: Param, batch: int) -> np.ndarray:
-    # a scalar or (B,) parameter -> validated float64 array (B,) on the host (one sync for a device tensor)
+@functools.cache
+def _bradford_constants(device: torch.device) -> tuple[torch.Tensor, ...]:
+    # colour.temperature_matrix(d) = from_cones @ diag(target(d) / source) @ to_cones: the factors that do not
+    # depend on d, float64, made once per device
+    source = colour.BRADFORD @ colour.xy_to_white(*colour.daylight_xy(colour.NEUTRAL_CCT))
+    to_cones = colour.BRADFORD @ colour.RGB_TO_XYZ
+    from_cones = colour.XYZ_TO_RGB @ np.linalg.inv(colour.BRADFORD)
+    arrays = (colour.BRADFORD, source, to_cones, from_cones)
+    return tuple(torch.as_tensor(a, dtype=torch.float64, device=device) for a in arrays)
+
+
+def temperature_matrices(delta_mired: torch.Tensor) -> torch.Tensor:
+    """``colour.temperature_matrix`` of every shift in ``delta_mired`` [B] (float64), computed on its device:
+    [B, 3, 3]. No range check: the shifts must lie in [colour.TEMPERATURE_DELTA_MIN, TEMPERATURE_DELTA_MAX]."""
+    bradford, source, to_cones, from_cones = _bradford_constants(delta_mired.device)
+    target_cct = 1e6 / (1e6 / colour.NEUTRAL_CCT + delta_mired.double())
+    s = 1e3 / target_cct
+    branches = (colour.DAYLIGHT_X_LOW, colour.DAYLIGHT_X_HIGH)
+    low, high = (c0 + s * (c1 + s * (c2 + s * c3)) for c0, c1, c2, c3 in branches)
+    x = torch.where(target_cct <= 7000.0, low, high)
+    y = colour.DAYLIGHT_Y[0] + colour.DAYLIGHT_Y[1] * x + colour.DAYLIGHT_Y[2] * x * x
+    white = torch.stack([x / y, torch.ones_like(x), (1.0 - x - y) / y], dim=-1)  # [B, 3], Y = 1
+    scale = (white @ bradford.T) / source  # [B, 3]: target / source cone response
+    return from_cones @ (scale[:, :, None] * to_cones)
+
+
+def _per_image(name: str, value: Param, batch: torch.Tensor, validate: bool) -> tuple[torch.Tensor, bool]:
+    # A scalar or (B,) parameter -> float64 (B,) on the images' device, and whether it is neutral for every image.
+    # Numbers are checked on the host (free). A tensor is checked through one host copy when ``validate``, else
+    # trusted: it never leaves its device, and its step runs (whether it is neutral is not looked at).
+    n = batch.shape[0]
     if isinstance(value, torch.Tensor):
-        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != n):
             raise ValueError(
-                f"{name} has shape {tuple(value.shape)} but the batch holds {batch} image(s); "
-                f"pass a Python number or a tensor of shape ({batch},)"
+                f"{name} has shape {tuple(value.shape)} but the batch holds {n} image(s); "
+                f"pass a Python number or a tensor of shape ({n},)"
             )
-        values = np.broadcast_to(value.detach().double().cpu().numpy(), (batch,)).copy()
-    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        values = np.full(batch, float(value))
-    else:
-        raise ValueError(f"{name} must be a Python number or a ({batch},) tensor, got {type(value).__name__}")
-    for v in np.unique(values):
-        _check_value(name, float(v))
-    return values
+        values = value.detach().to(device=batch.device, dtype=torch.float64).expand(n).contiguous()
+        if not validate:
+            return values, False
+        host = value.detach().double().cpu()
+        for v in host.unique().tolist():
+            _check_value(name, v)
+        return values, bool((host == NEUTRAL[name]).all())
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        _check_value(name, float(value))
+        values = torch.full((n,), float(value), dtype=torch.float64, device=batch.device)
+        return values, float(value) == NEUTRAL[name]
+    raise ValueError(f"{name} must be a Python number or a ({n},) tensor, got {type(value).__name__}")
 
 
 def _chain_parameters(
-    batch: torch.Tensor, exposure: Param, contrast: Param, saturation: Param, temperature: Param
+    batch: torch.Tensor,
+    exposure: Param,
+    contrast: Param,
+    saturation: Param,
+    temperature: Param,
+    validate: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
     # Per-image float64 tensors on the images' device: matrix [B, 3, 3] = 2^ev * temperature matrix,
     # upper [B] = min(2^ev, 1), contrast [B], saturation [B]; and which steps are neutral for the whole batch.
-    n = batch.shape[0]
-    ev = _per_image("exposure", exposure, n)
-    deltas = _per_image("temperature", temperature, n)
-    contrast_values = _per_image("contrast", contrast, n)
-    saturation_values = _per_image("saturation", saturation, n)
-    unique, index = np.unique(deltas, return_inverse=True)
-    temp = np.stack([colour.temperature_matrix(float(d)) for d in unique])[index.reshape(-1)]
-    gain = 2.0**ev
-    values = {
-        "matrix": gain[:, None, None] * temp,
-        "upper": np.minimum(gain, 1.0),
+    ev, neutral_ev = _per_image("exposure", exposure, batch, validate)
+    deltas, neutral_temperature = _per_image("temperature", temperature, batch, validate)
+    contrast_values, neutral_contrast = _per_image("contrast", contrast, batch, validate)
+    saturation_values, neutral_saturation = _per_image("saturation", saturation, batch, validate)
+    gain = torch.exp2(ev)
+    tensors = {
+        "matrix": gain[:, None, None] * temperature_matrices(deltas),
+        "upper": gain.clamp_max(1.0),
         "contrast": contrast_values,
         "saturation": saturation_values,
     }
-    tensors = {k: torch.as_tensor(v, dtype=torch.float64, device=batch.device) for k, v in values.items()}
     neutral = {
-        "linear": bool((ev == 0.0).all() and (deltas == 0.0).all()),
-        "contrast": bool((contrast_values == 1.0).all()),
-        "saturation": bool((saturation_values == 1.0).all()),
+        "linear": neutral_ev and neutral_temperature,
+        "contrast": neutral_contrast,
+        "saturation": neutral_saturation,
     }
     return tensors, neutral
 
@@ -203,6 +239,8 @@ def apply(
     contrast: Param = 1.0,
     saturation: Param = 1.0,
     temperature: Param = 0.0,
+    *,
+    validate: bool = True,
 ) -> torch.Tensor:
     """Retouch sRGB images: temperature -> exposure -> contrast -> saturation (SPEC.md §3).
 
@@ -212,16 +250,18 @@ def apply(
     (positive = warmer). Returns the same dtype and shape (uint8 rounds to nearest); all-neutral parameters
     return ``images`` itself. Runs the fused Triton kernel where ``kernels.dispatch.use_triton`` allows (two
     reads and one write of the image; one read less when contrast is neutral), the tiled torch path elsewhere.
-    """
-    from spc_fast.kernels import dispatch
 
-    batch, unbatched = check_batch(images)
-    params, neutral = _chain_parameters(batch, exposure, contrast, saturation, temperature)
+    ``validate=False`` trusts the images and tensor parameters (checked once by the caller, or valid by
+    construction like the executor's): no host sync, tensor parameters stay on their device and their steps
+    always run (a neutral value then changes nothing beyond rounding). Python numbers are checked either way.
+    """
+    batch, unbatched = check_batch(images, check_values=validate)
+    params, neutral = _chain_parameters(batch, exposure, contrast, saturation, temperature, validate)
     if all(neutral.values()):
         return images
     apply_contrast, apply_saturation = not neutral["contrast"], not neutral["saturation"]
 
-    if dispatch.use_triton(batch):
+    if dispatch.use_triton(batch, op="retouch_chain"):
         from spc_fast.kernels.retouch_chain import retouch_chain
 
         if apply_contrast:

@@ -41,8 +41,11 @@ def _filter_rows(rows: np.ndarray, bpp: int) -> np.ndarray:
     return np.concatenate([kinds[:, None], (x - predicted) % 256], axis=1).astype(np.uint8)
 
 
-def write_png16(path: Path, samples: np.ndarray, icc_profile: bytes | None = None) -> Path:
-    """16-bit PNG of [H, W] or [H, W, C] uint16 samples (C = 1..4), cycling through all five row filters."""
+def write_png16(
+    path: Path, samples: np.ndarray, icc_profile: bytes | None = None, exif: bytes | None = None
+) -> Path:
+    """16-bit PNG of [H, W] or [H, W, C] uint16 samples (C = 1..4), cycling through all five row filters; an
+    iCCP chunk holds ``icc_profile`` and an eXIf chunk, after the image data, holds ``exif`` when given."""
     samples = samples if samples.ndim == 3 else samples[..., None]
     height, width, channels = samples.shape
     rows = samples.astype(">u2").reshape(height, width * channels).view(np.uint8)
@@ -50,6 +53,8 @@ def write_png16(path: Path, samples: np.ndarray, icc_profile: bytes | None = Non
     if icc_profile is not None:
         data.append(_chunk(b"iCCP", b"test\x00\x00" + zlib.compress(icc_profile)))
     data.append(_chunk(b"IDAT", zlib.compress(_filter_rows(rows, 2 * channels).tobytes())))
+    if exif is not None:
+        data.append(_chunk(b"eXIf", exif.removeprefix(b"Exif\x00\x00")))
     data.append(_chunk(b"IEND", b""))
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(data))
     return path

@@ -10,23 +10,8 @@ import torch
 
 from spc_fast import degrade, photometric, retouch, rewards
 from spc_fast.critic import analytic
-from spc_fast.critic.analytic import AnalyticCritic, Critique, as_image_list, op_attribute, simulate
-from spc_fast.critic.format import (
-    CONTRAST,
-    ENHANCE_LOW_LIGHT,
-    EXPOSURE,
-    REMOVE_BLUR,
-    REMOVE_HAZE,
-    REMOVE_NOISE,
-    SATURATION,
-    STEPS,
-    TEMPERATURE,
-    TONE_OPS,
-    Suggestion,
-    parse,
-    render,
-    retouch_parameters,
-)
+from spc_fast.critic.analytic import Analysis, AnalyticCritic, op_attribute, simulate
+from spc_fast.critic.format import parse, render
 from spc_fast.critic.measures import (
     DEGRADATION_MEASURES,
     TONE_MEASURES,
@@ -49,6 +34,20 @@ from spc_fast.critic.rules import (
     candidates,
     severity,
 )
+from spc_fast.critic.vocabulary import (
+    CONTRAST,
+    ENHANCE_LOW_LIGHT,
+    EXPOSURE,
+    REMOVE_BLUR,
+    REMOVE_HAZE,
+    REMOVE_NOISE,
+    SATURATION,
+    TEMPERATURE,
+    TONE_OPS,
+    Suggestion,
+)
+from spc_fast.executor import STEPS, retouch_parameters
+from spc_fast.images import as_image_list
 
 SIDE = 160
 
@@ -74,7 +73,7 @@ def test_public_names():
     assert all(isinstance(r, ToneRule) for r in DEFAULT_RULES)
     assert all(isinstance(r, RestorationRule) for r in DEFAULT_RESTORATION)
     assert set(DEGRADATION_MEASURES) == {"sharpness", "noise_sigma", "haze"}
-    assert callable(Critique) and callable(severity) and callable(simulate) and callable(as_image_list)
+    assert callable(Analysis) and callable(severity) and callable(simulate) and callable(as_image_list)
     assert [op_attribute(op) for op in TONE_OPS] == list(photometric.ATTRIBUTE_NAMES)
     with pytest.raises(AttributeError):
         AnalyticCriticConfig().sweeps = 3  # frozen
@@ -163,7 +162,7 @@ def test_degradation_measures_see_their_degradation(small_photos):
 # ---- answers -----------------------------------------------------------------------------------------------
 
 
-def _assert_round_trip(critique: Critique) -> None:
+def _assert_round_trip(critique: Analysis) -> None:
     text = critique.text
     reparsed = parse(text)
     assert reparsed.errors == []
@@ -264,7 +263,9 @@ def test_batch_and_list_agree_and_bad_input_is_rejected(critic, small_photos):
     photos = [small_photos["astronaut.png"], small_photos["astronaut.png"].flip(-1)]
     as_batch = critic.critique(torch.stack(photos))
     as_list = critic.critique(photos)
-    assert as_batch == as_list
+    assert as_batch.outputs == as_list.outputs and as_batch.texts == as_list.texts
+    assert torch.equal(as_batch.attributes, as_list.attributes) and as_batch.hidden is None
+    assert as_batch.attributes.shape == (2, 4) and [parse(t) for t in as_batch.texts] == as_batch.outputs
     with pytest.raises(ValueError, match="no images"):
         critic.critique([])
     with pytest.raises(ValueError, match="batch of 2"):

@@ -1,8 +1,10 @@
-"""PhotoArtist on tiny random-weight Qwen-Image components: diffusers parity, real RoPE, compile, LoRA, loading."""
+"""PhotoArtist on tiny random-weight Qwen-Image components: diffusers parity, real RoPE, compile, LoRA, loading, and
+the training entry points (rollouts, velocities under a chosen adapter)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from spc_fast.artist.lora import add_lora, merge_lora, set_adapter, unmerge_lora
 from spc_fast.artist.model import PhotoArtist  # noqa: E402
 from spc_fast.artist.rope import RealQwenRope, apply_real_rope, rotate_pairs, use_real_rope  # noqa: E402
 from spc_fast.artist.sampler import dynamic_shift, output_size, pack_latents, unpack_latents  # noqa: E402
+from spc_fast.config import ArtistConfig  # noqa: E402
 from spc_fast.models.qwen_image import (  # noqa: E402
     DIT_CONFIG,
     SCHEDULER_CONFIG,
@@ -39,9 +42,9 @@ def parts():
     return tiny_artist_components(0)
 
 
-def fresh(parts, real_rope: bool = True) -> PhotoArtist:
+def fresh(parts, config: ArtistConfig | None = None) -> PhotoArtist:
     transformer, vae, scheduler = parts
-    return PhotoArtist(copy.deepcopy(transformer), vae, copy.deepcopy(scheduler), real_rope=real_rope)
+    return PhotoArtist(copy.deepcopy(transformer), vae, copy.deepcopy(scheduler), config or ArtistConfig())
 
 
 def conditioning(batch: int = 1, length: int = 7, valid: tuple[int, ...] = (5,), seed: int = 3):
@@ -352,3 +355,116 @@ def test_real_rope_exports_without_complex_tensors(parts):
     assert not _has_complex(program)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(*args), real(*args), atol=1e-6, rtol=0)
+
+
+def test_config_supplies_the_edit_defaults(parts):
+    artist = fresh(parts, ArtistConfig(steps=2, pixels=32 * 48))
+    h_c, mask = conditioning()
+    image = torch.rand(3, 40, 60, generator=torch.Generator().manual_seed(0))
+    out = artist.edit(image, h_c, mask, generator=torch.Generator().manual_seed(1), return_trajectory=True)
+    assert out.images.shape == (1, 3, 32, 48) and out.trajectory.timesteps.shape == (2,)
+    explicit = artist.edit(image, h_c, mask, num_steps=2, target_pixels=32 * 48, guidance=1.0,
+                           generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out.images, explicit.images)
+    assert ArtistConfig().steps == 20 and fresh(parts).config.pixels == ArtistConfig().pixels == 1024 * 1024
+
+
+def _rollout(artist: PhotoArtist, steps: int = 3):
+    images = torch.stack([torch.from_numpy(photo(s, 32, 48)).permute(2, 0, 1) for s in (0, 1)])
+    h_c, mask = conditioning(2, valid=(7, 3))
+    generators = [torch.Generator().manual_seed(s) for s in (10, 11)]
+    return artist.rollout(images, h_c, mask, num_steps=steps, generator=generators, size=(32, 48)), h_c, mask
+
+
+def test_velocity_replays_every_rollout_step(parts):
+    artist = fresh(parts)
+    result, h_c, mask = _rollout(artist)
+    traj = result.trajectory
+    images = torch.stack([torch.from_numpy(photo(s, 32, 48)).permute(2, 0, 1) for s in (0, 1)])
+    edited = artist.edit(images, h_c, mask, num_steps=3, size=(32, 48), guidance=1.0,
+                         generator=[torch.Generator().manual_seed(s) for s in (10, 11)])
+    assert torch.equal(result.images, edited.images), "a rollout is the deterministic sampler without CFG"
+    assert traj.latents.shape == (4, 2, 6, 64) and traj.source.shape == (2, 6, 64)
+    for i in range(3):
+        v = artist.velocity(traj.latents[i], traj.timesteps[i], traj.source, h_c, mask, traj.img_shapes)
+        assert v.shape == (2, 6, 64) and v.requires_grad
+        step = (traj.latents[i].float() + (traj.sigmas[i + 1] - traj.sigmas[i]) * v).to(v.dtype)
+        torch.testing.assert_close(step, traj.latents[i + 1], atol=1e-6, rtol=0)
+        torch.testing.assert_close(traj.latents[i] - traj.sigmas[i] * v, traj.x0[i], atol=1e-6, rtol=0)
+    per_sample = traj.timesteps[1].expand(2)  # a [B] timestep: what the NFT trainer passes
+    torch.testing.assert_close(
+        artist.velocity(traj.latents[1], per_sample, traj.source, h_c, mask, traj.img_shapes),
+        artist.velocity(traj.latents[1], float(traj.timesteps[1]), traj.source, h_c, mask, traj.img_shapes),
+        atol=0, rtol=0,
+    )
+
+
+def _lora_parameters(transformer, name):
+    return [p for n, p in transformer.named_parameters() if "lora_" in n and f".{name}." in n]
+
+
+def test_velocity_runs_the_chosen_adapter(parts):
+    artist = fresh(parts)
+    transformer = artist.transformer
+    result, h_c, mask = _rollout(artist, steps=2)
+    traj = result.trajectory
+    args = (traj.latents[1], traj.timesteps[1], traj.source, h_c, mask, traj.img_shapes)
+    with torch.no_grad():
+        base = artist.velocity(*args)  # no adapters yet
+        with artist.reference():  # a no-op without adapters
+            torch.testing.assert_close(artist.velocity(*args), base, atol=0, rtol=0)
+    transformer.requires_grad_(False)
+    add_lora(transformer, "current")
+    add_lora(transformer, "old")
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, scale in (("current", 0.1), ("old", 0.05)):
+            for p in [p for n, p in transformer.named_parameters() if f"lora_B.{name}." in n]:
+                p.copy_(scale * torch.randn(p.shape, generator=gen))
+    set_adapter(transformer, "current")
+    for p in _lora_parameters(transformer, "old"):
+        p.requires_grad_(False)  # the trainer's old policy is an EMA copy, never trained
+    with torch.no_grad():
+        set_adapter(transformer, "old")
+        expected_old = artist.velocity(*args)
+        set_adapter(transformer, "current")  # peft: "current" trainable, "old" frozen again
+
+    current = artist.velocity(*args)
+    old = artist.velocity(*args, adapter="old")
+    reference = artist.velocity(*args, adapter="")
+    with artist.reference():
+        torch.testing.assert_close(artist.velocity(*args), reference, atol=0, rtol=0)
+    torch.testing.assert_close(old, expected_old, atol=0, rtol=0)
+    torch.testing.assert_close(reference, base, atol=1e-6, rtol=0)
+    for a, b in ((current, base), (old, base), (current, old)):
+        assert (a - b).abs().max() > 1e-3
+    assert current.requires_grad and not old.requires_grad and not reference.requires_grad
+    torch.testing.assert_close(artist.velocity(*args), current, atol=0, rtol=0)  # the active adapter is back
+    assert transformer.active_adapters() == ["current"]
+    assert all(p.requires_grad for p in _lora_parameters(transformer, "current"))
+    assert not any(p.requires_grad for p in _lora_parameters(transformer, "old"))
+    current.square().mean().backward()
+    assert all(p.grad is None for p in _lora_parameters(transformer, "old"))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in _lora_parameters(transformer, "current"))
+    with pytest.raises(ValueError, match="no adapter 'older'"):
+        artist.velocity(*args, adapter="older")
+    merge_lora(transformer, "current")
+    with pytest.raises(ValueError, match="merged"):
+        artist.velocity(*args, adapter="old")
+
+
+def test_factory_builds_the_configured_artist(parts):
+    from spc_fast.config import PRESETS, TINY
+    from spc_fast.models import factory
+
+    artist = factory.build_artist(ArtistConfig(weights=TINY, steps=3, device="cpu", dtype="float32"))
+    assert artist.config.steps == 3 and artist.attention == "sdpa" and artist.transformer.dtype == torch.float32
+    assert isinstance(artist.transformer.pos_embed, RealQwenRope)  # real_rope defaults on
+    reference = parts[0].state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in artist.transformer.state_dict().items())
+    preset = factory.tiny_artist()
+    assert preset.config == dataclasses.replace(PRESETS[TINY].artist, weights=TINY)
+    half = factory.tiny_artist(config=ArtistConfig(device="cpu", dtype="bfloat16"))
+    assert half.transformer.dtype == half.vae.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="artist.weights is not set"):
+        factory.build_artist(ArtistConfig())

@@ -1,5 +1,6 @@
-"""The attention setting: resolution and fallback, both models taking it, and padded H_c under every backend's
-mask semantics (flash-attn's varlen path emulated on the CPU the way diffusers packs the keys)."""
+"""The attention setting: resolution (an explicit backend that cannot run is an error naming the fix; only ``auto``
+falls back, saying once why), both models taking it, and padded H_c under every backend's mask semantics (flash-attn's
+varlen path emulated on the CPU the way diffusers packs the keys)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from diffusers.models.attention_dispatch import AttentionBackendName  # noqa: E4
 from spc_fast import attention  # noqa: E402
 from spc_fast.artist import rope  # noqa: E402
 from spc_fast.artist.model import PhotoArtist  # noqa: E402
+from spc_fast.config import ATTENTION_BACKENDS, ArtistConfig, CriticConfig  # noqa: E402
 from spc_fast.critic.model import ImageCritic  # noqa: E402
 from spc_fast.models import qwen_vl  # noqa: E402
+from spc_fast.models.factory import tiny_critic_corpus  # noqa: E402
 from spc_fast.models.qwen_image import TINY_DIT_CONFIG, tiny_artist_components  # noqa: E402
 
 
@@ -37,10 +40,11 @@ def installed(monkeypatch):
 
 def test_resolution_rules(installed):
     bf16, fp32 = torch.bfloat16, torch.float32
+    assert attention.BACKENDS is ATTENTION_BACKENDS
     assert attention.resolve("auto", "cuda", bf16) == "flash"
-    assert attention.resolve("flash", "cuda", fp32) == "sdpa"  # flash-attn has no fp32 kernel
     assert attention.resolve("xformers", "cuda", fp32) == "xformers"
     assert attention.resolve("auto", "cpu", bf16) == "sdpa"
+    assert attention.resolve("auto", "cuda", fp32) == "sdpa"  # flash-attn has no fp32 kernel
     assert attention.resolve("sdpa", "cuda", bf16) == "sdpa"
     assert attention.runnable("cuda", bf16) == ["sdpa", "flash", "xformers"]
     assert attention.runnable("cpu", bf16) == ["sdpa"]
@@ -48,31 +52,62 @@ def test_resolution_rules(installed):
         attention.resolve("flex", "cpu", fp32)
 
 
-def test_missing_package_falls_back_with_one_notice(caplog, monkeypatch):
+def test_explicit_backend_that_cannot_run_is_an_error(installed):
+    with pytest.raises(ValueError, match=r"attention 'flash' cannot run: flash-attn needs float16 or bfloat16.*"
+                                         r"set dtype bfloat16.*'auto'"):
+        attention.resolve("flash", "cuda", torch.float32)
+    for backend in ("flash", "xformers"):
+        with pytest.raises(ValueError, match=f"{backend} needs a CUDA device, the model is on cpu; run it on a GPU"):
+            attention.resolve(backend, "cpu", torch.bfloat16)
+
+
+def test_missing_package_is_named_with_its_install_command(monkeypatch):
+    monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ValueError, match=r"flash_attn is not installed; install it: pip install 'spc-fast\[gpu\]'"):
+        attention.resolve("flash", "cuda", torch.bfloat16)
+    with pytest.raises(ValueError, match="xformers is not installed; install it: pip install xformers"):
+        attention.resolve("xformers", "cuda", torch.bfloat16)
+
+
+def test_auto_says_once_which_backend_runs_and_why(caplog, monkeypatch):
     attention._noticed.clear()
     monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name, *a: None)
-    with caplog.at_level(logging.WARNING, logger="spc_fast.attention"):
-        assert attention.resolve("flash", "cuda", torch.bfloat16) == "sdpa"
-        assert attention.resolve("flash", "cuda", torch.bfloat16) == "sdpa"
-        assert attention.resolve("auto", "cpu", torch.float32) == "sdpa"  # auto on a CPU: nothing to say
-    assert len(caplog.records) == 1
+    with caplog.at_level(logging.INFO, logger="spc_fast.attention"):
+        for _ in range(3):
+            assert attention.resolve("auto", "cuda", torch.bfloat16) == "sdpa"
+    assert len(caplog.records) == 1 and caplog.records[0].levelno == logging.WARNING  # a GPU without flash-attn
     message = caplog.records[0].getMessage()
-    assert "flash_attn is not installed" in message and "spc-fast[gpu]" in message and "\n" not in message
+    assert message.startswith("attention auto: PyTorch SDPA, because flash_attn is not installed")
+    assert "spc-fast[gpu]" in message and "\n" not in message
 
 
-def test_both_models_take_the_setting(caplog):
+def test_auto_on_a_cpu_is_said_at_info(caplog, installed):
+    with caplog.at_level(logging.INFO, logger="spc_fast.attention"):
+        assert attention.resolve("auto", "cpu", torch.float32) == "sdpa"
+        assert attention.resolve("auto", "cpu", torch.float32) == "sdpa"
+        assert attention.resolve("auto", "cuda", torch.bfloat16) == "flash"
+    assert [(r.levelno, r.getMessage().split(",")[0]) for r in caplog.records] == [
+        (logging.INFO, "attention auto: PyTorch SDPA"),
+        (logging.INFO, "attention auto: flash-attn (installed"),
+    ]
+    assert "flash needs a CUDA device" in caplog.records[0].getMessage()
+
+
+def test_both_models_take_the_setting():
     attention._noticed.clear()
     transformer, vae, scheduler = tiny_artist_components(0)
-    artist = PhotoArtist(transformer, vae, scheduler, attention="sdpa")
+    artist = PhotoArtist(transformer, vae, scheduler, ArtistConfig(attention="sdpa"))
     assert artist.attention == "sdpa"
     processors = set(map(type, artist.transformer.attn_processors.values()))
     assert processors == {rope.RealRopeJointAttnProcessor}
     assert all(p._attention_backend == AttentionBackendName.NATIVE for p in artist.transformer.attn_processors.values())
-    model, processor = qwen_vl.build_tiny_critic()
-    with caplog.at_level(logging.WARNING, logger="spc_fast.attention"):
-        critic = ImageCritic(model, processor, attention="xformers", max_new_tokens=2)
+    model, processor = qwen_vl.build_tiny_critic(corpus=tiny_critic_corpus())
+    with pytest.raises(ValueError, match="attention 'xformers' cannot run: transformers has no xformers path"):
+        ImageCritic(model, processor, CriticConfig(attention="xformers"))
+    critic = ImageCritic(model, processor, CriticConfig(attention="auto"))
     assert critic.attention == "sdpa" and model.config._attn_implementation == "sdpa"
-    assert any("SDPA" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="attention 'flash' cannot run"):  # no flash-attn, or no GPU here
+        ImageCritic(model, processor, CriticConfig(attention="flash"))
 
 
 def _diffusers_varlen(query, key, value, attn_mask):
@@ -165,15 +200,17 @@ def test_critic_under_transformers_flash_path_matches_sdpa(monkeypatch):
     kernels = (_dense_reference, _varlen_reference, None, fau._pad_input, fau._unpad_input)
     flags = (fau._lazy_define_process_function(_varlen_reference), dict)
     monkeypatch.setattr(fau, "lazy_import_flash_attention", lambda *a, **k: (kernels, flags))
-    model, processor = qwen_vl.build_tiny_critic()
-    critic = ImageCritic(model, processor, attention="sdpa", max_new_tokens=8, bucket=16)
+    model, processor = qwen_vl.build_tiny_critic(corpus=tiny_critic_corpus())
+    critic = ImageCritic(model, processor, CriticConfig(attention="sdpa", max_new_tokens=8, bucket=16))
     images = [torch.randint(0, 256, (3, 56 + 28 * i, 84), dtype=torch.uint8) for i in range(2)]  # unequal prompts
-    reference = critic.critique(images)
+    reference = critic.sample(images)
     monkeypatch.setattr(model.config.text_config, "_attn_implementation", "flash_attention_2")
-    flash = critic.critique(images)
+    flash = critic.sample(images)
     assert (reference.prompt_lengths[0] != reference.prompt_lengths[1]).item()  # the batch is left-padded
-    torch.testing.assert_close(flash.hidden, reference.hidden, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flash.judgement.hidden, reference.judgement.hidden, atol=1e-5, rtol=1e-5)
     assert torch.equal(flash.tokens, reference.tokens)
+    # the teacher-forced replay of the training entry points takes the same flash path
+    torch.testing.assert_close(critic.token_logprobs(reference), reference.logprobs, atol=1e-4, rtol=0)
 
 
 def test_setting_one_dit_leaves_the_process_wide_backend(monkeypatch):
@@ -185,20 +222,28 @@ def test_setting_one_dit_leaves_the_process_wide_backend(monkeypatch):
     assert registry.get_active_backend()[0] == AttentionBackendName._NATIVE_MATH
 
 
-def test_library_refusal_falls_back_to_sdpa(monkeypatch, caplog):
-    """A backend our check lets through but diffusers refuses (here flash-attn, absent) ends on SDPA, noticed."""
+def test_library_refusal(monkeypatch, caplog):
+    """A backend our check lets through but diffusers refuses (here flash-attn, absent): an error when asked for,
+    SDPA with a notice under auto."""
     attention._noticed.clear()
     transformer, _, _ = tiny_artist_components(0)
     monkeypatch.setattr(attention, "resolve", lambda requested, device, dtype: "flash")
+    with pytest.raises(ValueError, match="attention 'flash' cannot run: diffusers refuses it"):
+        attention.set_dit_attention(transformer, "flash")
     with caplog.at_level(logging.WARNING, logger="spc_fast.attention"):
-        assert attention.set_dit_attention(transformer, "flash") == "sdpa"
+        assert attention.set_dit_attention(transformer, "auto") == "sdpa"
     assert all(p._attention_backend == AttentionBackendName.NATIVE for p in transformer.attn_processors.values())
-    assert "using PyTorch SDPA" in caplog.text
+    assert "attention auto: PyTorch SDPA, because diffusers refuses flash" in caplog.text
 
 
-def test_diffusers_processor_keeps_sdpa(caplog):
+def test_diffusers_processor_runs_only_sdpa(caplog):
     attention._noticed.clear()
     transformer, vae, scheduler = tiny_artist_components(0)
+    for backend in ("xformers", "flash"):
+        message = f"attention '{backend}' cannot run: .*real_rope=False.*set real_rope=True"
+        with pytest.raises(ValueError, match=message):
+            PhotoArtist(transformer, vae, scheduler, ArtistConfig(real_rope=False, attention=backend))
     with caplog.at_level(logging.WARNING, logger="spc_fast.attention"):
-        artist = PhotoArtist(transformer, vae, scheduler, real_rope=False, attention="xformers")
+        artist = PhotoArtist(transformer, vae, scheduler, ArtistConfig(real_rope=False))
     assert artist.attention == "sdpa" and "real_rope=False" in caplog.text
+    assert PhotoArtist(transformer, vae, scheduler, ArtistConfig(real_rope=False, attention="sdpa")).attention == "sdpa"

@@ -15,7 +15,7 @@ import torch
 from PIL import ExifTags, Image
 
 from spc_fast import cli, photometric
-from spc_fast.io import load_image, load_tensor, save_image
+from spc_fast.imagefiles import load_image, load_tensor, save_image
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png")
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from spc_fast import batch, cli, io, retouch
+from spc_fast import batch, cli, imagefiles, retouch
 from spc_fast.batch import BatchResult, Failure, collect_inputs, enhance_files, plan_outputs, write_report
 from spc_fast.critic.format import parse
-from spc_fast.io import load_image, load_tensor
+from spc_fast.imagefiles import load_image, load_tensor
 
 pytestmark = pytest.mark.usefixtures("torch_path")
 
@@ -37,7 +37,7 @@ def photo_dir(tmp_path, small_photos) -> Path:
         "chelsea.jpg": retouch.apply(small_photos["chelsea.png"], saturation=0.5),
     }
     for name, image in inputs.items():
-        io.save_image(folder / name, (image * 255).round().to(torch.uint8))
+        imagefiles.save_image(folder / name, (image * 255).round().to(torch.uint8))
     return folder
 
 
@@ -68,13 +68,14 @@ def test_enhance_one_file(photo_dir, tmp_path, capsys):
 
 def test_enhance_folder_with_report(photo_dir, tmp_path, capsys):
     out, report = tmp_path / "out", tmp_path / "report.json"
-    code, stdout, err = _run(capsys, "enhance", photo_dir, "-o", out, "--report", report)
+    code, stdout, err = _run(capsys, "enhance", photo_dir, "-o", out, "--report", report, "--rescore")
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["astronaut.png", "chelsea.jpg", "coffee.png"]
     assert np.array_equal(load_image(out / "astronaut.png"), load_image(photo_dir / "astronaut.png"))
     payload = json.loads(report.read_text())
     assert payload["failures"] == [] and len(payload["images"]) == 3
     assert payload["critic"] == "AnalyticCritic" and payload["critic_config"]["sample_pixels"] == 16384
+    assert payload["config"]["rescore"] is True and payload["config"]["critic"]["weights"] is None
     by_name = {Path(item["input"]).name: item for item in payload["images"]}
     chelsea = by_name["chelsea.jpg"]
     assert chelsea["output"] == str(out / "chelsea.jpg") and chelsea["width"] == 96
@@ -83,6 +84,7 @@ def test_enhance_folder_with_report(photo_dir, tmp_path, capsys):
     assert chelsea["attributes_after"]["saturation"] > chelsea["attributes_before"]["saturation"]
     assert chelsea["rewards"]["compliance"] == 1.0 and chelsea["rewards"]["rank"] == 1.0
     assert by_name["astronaut.png"]["critique"]["suggestions"] == []
+    assert by_name["astronaut.png"]["rewards"]["format"] == 1.0  # "1. no edit needed"
     assert _temporaries(tmp_path) == []
 
 
@@ -147,7 +149,7 @@ def test_read_only_output_folder_leaves_nothing_behind(photo_dir, tmp_path, monk
     def denied(src, dst):
         raise PermissionError(13, "Permission denied", str(dst))
 
-    monkeypatch.setattr(io.os, "replace", denied)  # we run as root: simulate the read-only folder
+    monkeypatch.setattr(imagefiles.atomic.os, "replace", denied)  # we run as root: simulate the read-only folder
     out = tmp_path / "out"
     code, stdout, err = _run(capsys, "enhance", photo_dir, "-o", out)
     assert code == 1 and "cannot write the file (Permission denied)" in err and "3 of 3 images failed" in err
@@ -169,7 +171,7 @@ def test_sixteen_bit_input_stays_sixteen_bit(tmp_path, capsys):
     ramp = np.linspace(0, 20000, 48 * 64, dtype=np.float64).reshape(48, 64)
     pixels = np.stack([ramp, ramp * 0.9, ramp * 0.8], -1) + rng.integers(0, 50, (48, 64, 3))
     source = tmp_path / "dark16.png"
-    io.save_image(source, pixels.astype(np.uint16), bit_depth=16)
+    imagefiles.save_image(source, pixels.astype(np.uint16), bit_depth=16)
     assert load_image(source).dtype == np.float32
     out = tmp_path / "out16.png"
     code, _, err = _run(capsys, "enhance", source, "-o", out)
@@ -199,7 +201,7 @@ def test_report_write_failure_is_clean(tmp_path, monkeypatch):
     def denied(src, dst):
         raise PermissionError(13, "Permission denied", str(dst))
 
-    monkeypatch.setattr(io.os, "replace", denied)  # as root: simulate a read-only folder
+    monkeypatch.setattr(imagefiles.atomic.os, "replace", denied)  # as root: simulate a read-only folder
     with pytest.raises(ValueError, match=r"r\.json: cannot write the file \(Permission denied\)"):
         write_report(tmp_path / "r.json", {"a": 2})
     assert _temporaries(tmp_path) == [] and (tmp_path / "r.json").read_text().startswith("{")

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spc_fast import colour, critic
-from spc_fast.critic import format as fmt
-from spc_fast.critic.format import (
+from spc_fast import colour, critic, executor
+from spc_fast.critic import vocabulary
+from spc_fast.critic.format import parse, parse_suggestions, render, suggestion_phrase
+from spc_fast.critic.vocabulary import (
     BOKEH,
     CONTRAST,
     DEPTH_OF_FIELD,
@@ -18,6 +19,7 @@ from spc_fast.critic.format import (
     MAGNITUDES,
     OPS,
     REMOVE_BLUR,
+    REMOVE_COMPRESSION,
     REMOVE_HAZE,
     REMOVE_MOIRE,
     REMOVE_NOISE,
@@ -29,12 +31,8 @@ from spc_fast.critic.format import (
     TONE_OPS,
     CriticOutput,
     Suggestion,
-    parse,
-    parse_suggestions,
-    render,
-    retouch_parameters,
-    suggestion_phrase,
 )
+from spc_fast.executor import retouch_parameters
 
 SPEC_EXAMPLE = (
     "<think>1. The subject is underexposed.\n2. The light is cold.</think>\n"
@@ -63,9 +61,8 @@ def deadline(seconds: int):
 
 
 def test_public_names():
-    assert (
-        critic.parse is parse and critic.render is render and critic.retouch_parameters is retouch_parameters
-    )
+    assert critic.parse is parse and critic.render is render
+    assert executor.retouch_parameters is retouch_parameters
     assert TONE_OPS == ("exposure", "contrast", "saturation", "temperature")
     assert set(OPS) == {*TONE_OPS, *RESTORATION_OPS, DEPTH_OF_FIELD, BOKEH}
     assert MAGNITUDES == ("slightly", "moderately", "significantly")
@@ -371,15 +368,15 @@ def test_unrecognised_lines_are_errors(line, message):
 def test_errors_are_capped_and_counted():
     suggestions, errors = parse_suggestions("\n".join(["gibberish"] * 100 + ["increase contrast"]))
     assert suggestions == [Suggestion(CONTRAST, 1)]
-    assert len(errors) == fmt.MAX_ERRORS_PER_KIND + 1
-    assert errors[-1] == f"edits: {100 - fmt.MAX_ERRORS_PER_KIND} more problems not listed"
+    assert len(errors) == vocabulary.MAX_ERRORS_PER_KIND + 1
+    assert errors[-1] == f"edits: {100 - vocabulary.MAX_ERRORS_PER_KIND} more problems not listed"
 
 
 def test_runaway_blocks_are_cut_off():
-    suggestions, errors = parse_suggestions("increase contrast;" * (fmt.MAX_ITEMS + 5))
-    assert len(suggestions) == fmt.MAX_ITEMS
-    assert errors == [f"edits: more than {fmt.MAX_ITEMS} items in the edit block; the rest is ignored"]
-    suggestions, errors = parse_suggestions("increase contrast " * fmt.MAX_ITEM_WORDS)
+    suggestions, errors = parse_suggestions("increase contrast;" * (vocabulary.MAX_ITEMS + 5))
+    assert len(suggestions) == vocabulary.MAX_ITEMS
+    assert errors == [f"edits: more than {vocabulary.MAX_ITEMS} items in the edit block; the rest is ignored"]
+    suggestions, errors = parse_suggestions("increase contrast " * vocabulary.MAX_ITEM_WORDS)
     assert suggestions == [] and "too many for one suggestion" in errors[0]
 
 
@@ -491,8 +488,8 @@ def test_one_megabyte_adversarial_strings_parse(text):
     assert len(text) >= 1_000_000
     with deadline(30):
         out = parse(text)
-    assert len(out.errors) <= 3 * (fmt.MAX_ERRORS_PER_KIND + 2)
-    assert len(out.suggestions) <= fmt.MAX_ITEMS
+    assert len(out.errors) <= 3 * (vocabulary.MAX_ERRORS_PER_KIND + 2)
+    assert len(out.suggestions) <= vocabulary.MAX_ITEMS
 
 
 # ---- retouch parameters ------------------------------------------------------------------------------------
@@ -573,3 +570,37 @@ def test_every_canonical_phrase_parses_back():
             for magnitude in MAGNITUDES:
                 s = Suggestion(op, direction, magnitude)
                 assert parse_suggestions(suggestion_phrase(s)) == ([s], [])
+
+
+# ---- "no edit needed" and compression artifacts (SPEC.md §4) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("item", ["1. no edit needed", "1. No edit needed.", "  - NO EDIT NEEDED ; "])
+def test_no_edit_needed_is_an_explicit_empty_answer(item):
+    out = parse(f"<think>fine</think>\n<edit_start>\n{item}\n</edit_end>\n<answer>95</answer>")
+    assert out.suggestions == [] and out.no_edit and out.errors == []
+    assert parse(render(out)) == out and "1. no edit needed" in render(out)
+
+
+def test_empty_edit_block_is_not_no_edit():
+    out = parse("<think>x</think>\n<edit_start>\n</edit_end>\n<answer>95</answer>")
+    assert out.suggestions == [] and not out.no_edit
+
+
+def test_no_edit_among_suggestions_is_an_error():
+    block = "1. no edit needed;\n2. increase contrast"
+    out = parse(f"<think>x</think>\n<edit_start>\n{block}\n</edit_end>\n<answer>5</answer>")
+    assert not out.no_edit and out.suggestions == [Suggestion(CONTRAST, 1, "moderately")]
+    assert any("only item" in e for e in out.errors)
+    with pytest.raises(ValueError, match="no_edit"):
+        render(CriticOutput("x", [Suggestion(CONTRAST, 1)], 50.0, no_edit=True))
+
+
+@pytest.mark.parametrize(
+    "phrase", ["remove compression artifacts", "slightly remove JPEG artifacts", "reduce compression artefacts"]
+)
+def test_compression_artifacts_are_a_restoration_op(phrase):
+    (suggestion,), errors = parse_suggestions(phrase)
+    assert errors == [] and suggestion.op == REMOVE_COMPRESSION and suggestion.direction == 1
+    assert REMOVE_COMPRESSION in RESTORATION_OPS
+    assert parse_suggestions(suggestion_phrase(suggestion))[0] == [suggestion]

@@ -1,28 +1,41 @@
 """The neural critic on a tiny random-weight Qwen2.5-VL (real classes, real processor, offline BPE tokenizer):
-prompt, static-cache generation against transformers' ``generate``, H_c (SPEC.md eq. 1), sampling, scores,
-loading from the release layout, and a compiled decode step without recompiles."""
+prompt, static-cache generation against transformers' ``generate``, H_c (SPEC.md eq. 1), sampling, scores, the
+``Judgement`` it returns, loading from the release layout, and a compiled decode step without recompiles. The
+training entry points (``sample``, ``token_logprobs``, ``reference``) are in tests/test_critic_policy.py."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from spc_fast.critic.format import CriticOutput, Suggestion, parse, render
+from spc_fast.config import CriticConfig
+from spc_fast.critic.format import parse, render
 from spc_fast.critic.generate import bucket_left_pad, sample
-from spc_fast.critic.model import ANALYSIS_PROMPT, SYSTEM_PROMPT, ImageCritic, scores_of
+from spc_fast.critic.model import ImageCritic
+from spc_fast.critic.prompts import ANALYSIS_PROMPT, SYSTEM_PROMPT
+from spc_fast.critic.vocabulary import CriticOutput, Suggestion
 from spc_fast.models import qwen_vl
+from spc_fast.models.factory import tiny_critic_corpus
+from spc_fast.roles import Judgement
 
 MAX_NEW = 12
+CONFIG = CriticConfig(max_new_tokens=MAX_NEW)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return qwen_vl.build_tiny_critic(seed=0)
+    return qwen_vl.build_tiny_critic(seed=0, corpus=tiny_critic_corpus())
 
 
 @pytest.fixture(scope="module")
 def critic(tiny):
     model, processor = tiny
-    return ImageCritic(model, processor, max_new_tokens=MAX_NEW)
+    return ImageCritic(model, processor, CONFIG)
+
+
+def _short(tokens: int) -> CriticConfig:
+    return dataclasses.replace(CONFIG, max_new_tokens=tokens)
 
 
 def _images(sizes, seed=0):
@@ -79,6 +92,15 @@ def test_prompt_and_inputs(critic):
     assert (ids == image_id).sum(1).tolist() == (inputs["image_grid_thw"].prod(1) // merge).tolist()
 
 
+def test_prompts_come_from_the_config(tiny):
+    model, processor = tiny
+    critic = ImageCritic(model, processor, CriticConfig(system_prompt="Be brief.", instruction="Rate it."))
+    text = critic.chat_text()
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+    assert "<|vision_start|><|image_pad|><|vision_end|>Rate it.<|im_end|>" in text and SYSTEM_PROMPT not in text
+    assert ImageCritic(model, processor).config == CriticConfig() and CriticConfig().max_new_tokens == 1280
+
+
 def test_bucket_left_pad_keeps_real_tokens():
     inputs = {"input_ids": torch.arange(10).view(2, 5), "attention_mask": torch.ones(2, 5, dtype=torch.long)}
     out = bucket_left_pad(inputs, 8, pad_id=-1)
@@ -94,24 +116,41 @@ def test_greedy_matches_generate(critic):
     with torch.inference_mode():
         expected = critic.model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
     expected = expected[:, inputs["input_ids"].shape[1] :]
-    got = critic.critique(images)
+    got = critic.sample(images)
     assert torch.equal(got.tokens, expected)
     assert len({tuple(row) for row in got.tokens.tolist()}) > 1, "the tiny critic should see its images"
     critic.critique(images[::-1])  # the same shapes: the static cache is reused, reset in between
-    again = critic.critique(images)
-    assert torch.equal(again.tokens, expected) and torch.equal(again.hidden, got.hidden)
+    again = critic.sample(images)
+    assert torch.equal(again.tokens, expected) and torch.equal(again.judgement.hidden, got.judgement.hidden)
+
+
+def test_critique_is_one_judgement(critic):
+    images = _images(SIZES)
+    rollout = critic.sample(images)
+    judgement = critic.critique(images)
+    assert isinstance(judgement, Judgement) and len(judgement) == 3
+    assert judgement.texts == rollout.judgement.texts and torch.equal(judgement.hidden, rollout.judgement.hidden)
+    tokenizer = critic.processor.tokenizer
+    for text, output, row, n in zip(judgement.texts, judgement.outputs, rollout.tokens, rollout.lengths, strict=True):
+        assert text == tokenizer.decode(row[:n].tolist(), skip_special_tokens=True) and output == parse(text)
+    rows = zip(rollout.tokens, rollout.lengths.tolist(), strict=True)
+    stopped = [bool(torch.isin(row[:n], critic.generator.stop_ids).any()) for row, n in rows]
+    assert judgement.truncated == [not s for s in stopped]
+    assert all(n == MAX_NEW for s, n in zip(stopped, rollout.lengths.tolist(), strict=True) if not s)
 
 
 def test_per_sample_stop_matches_generate(tiny):
     model, processor = tiny
     images = _images(SIZES)
-    free = ImageCritic(model, processor, max_new_tokens=MAX_NEW).critique(images).tokens
+    free = ImageCritic(model, processor, CONFIG).sample(images).tokens
     stop = int(free[0, 3])  # make a token sample 0 emits early a stop token
-    critic = ImageCritic(model, processor, max_new_tokens=MAX_NEW)
+    critic = ImageCritic(model, processor, CONFIG)
     critic.generator.stop_ids = torch.tensor(sorted({stop, *critic.stop_ids}))
-    got = critic.critique(images)
+    got = critic.sample(images)
     first = [(row == stop).nonzero()[0].item() + 1 if (row == stop).any() else MAX_NEW for row in free]
     assert got.lengths.tolist() == first
+    assert got.judgement.truncated == [not bool((row == stop).any()) for row in free]
+    assert not got.judgement.truncated[0]
     for row, n in zip(got.tokens, first, strict=True):
         assert (row[n:] == critic.pad_id).all()
     inputs = critic.build_inputs(images, bucket=1)
@@ -129,16 +168,17 @@ def test_per_sample_stop_matches_generate(tiny):
 
 def test_hidden_states_are_eq1(critic):
     images = _images(SIZES)
-    got = critic.critique(images)
+    rollout = critic.sample(images)
+    got = rollout.judgement
     b, s, d = got.hidden.shape
-    total = got.prompt_lengths + got.lengths
+    total = rollout.prompt_lengths + rollout.lengths
     assert (b, s, d) == (3, int(total.max()), critic.model.config.text_config.hidden_size)
     assert got.mask.dtype == torch.long and got.mask.sum(1).tolist() == total.tolist()
     assert (got.mask.cumsum(1) == got.mask.sum(1, keepdim=True)).logical_or(got.mask.bool()).all(), "right padding"
     assert (got.hidden[~got.mask.bool()] == 0).all()
     for i, image in enumerate(images):
         single = critic.build_inputs([image], bucket=1)
-        generated = got.tokens[i : i + 1, : got.lengths[i]]
+        generated = rollout.tokens[i : i + 1, : rollout.lengths[i]]
         ids = torch.cat([single["input_ids"], generated], 1)
         types = torch.cat([single["mm_token_type_ids"], torch.zeros_like(generated)], 1)
         with torch.inference_mode():
@@ -158,12 +198,15 @@ def test_sampling_is_seeded(critic):
 
     def draw(seed):
         g = torch.Generator().manual_seed(seed)
-        return critic.critique(images, temperature=1.0, top_p=0.9, num_samples=2, generator=g)
+        return critic.sample(images, temperature=1.0, top_p=0.9, num_samples=2, generator=g)
 
     a, b, c = draw(1), draw(1), draw(2)
-    assert a.tokens.shape[0] == 4 and len(a.texts) == 4 and a.hidden.shape[0] == 4
-    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.hidden, b.hidden)
+    assert a.tokens.shape[0] == 4 and len(a.judgement.texts) == 4 and a.judgement.hidden.shape[0] == 4
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.judgement.hidden, b.judgement.hidden)
     assert not torch.equal(a.tokens, c.tokens)
+    sampled = ImageCritic(critic.model, critic.processor, dataclasses.replace(CONFIG, temperature=1.0, top_p=0.9))
+    assert torch.equal(sampled.sample(images, num_samples=2, generator=torch.Generator().manual_seed(1)).tokens,
+                       a.tokens), "the config's temperature and top_p are the defaults"
 
 
 def test_sample_rules():
@@ -179,13 +222,18 @@ def test_sample_rules():
 
 def test_scores(critic):
     good = render(CriticOutput("1. fine", [Suggestion("exposure", 1, "slightly")], 82.0, []))
-    torch.testing.assert_close(
-        scores_of([parse(good), parse("no tags")]), torch.tensor([82.0, float("nan")]), equal_nan=True
-    )
-    scores = critic.score(torch.zeros(2, 3, 40, 56, dtype=torch.uint8), max_new_tokens=4)
+    judgement = Judgement(texts=[good, "no tags"], outputs=[parse(good), parse("no tags")])
+    torch.testing.assert_close(judgement.scores, torch.tensor([82.0, float("nan")]), equal_nan=True)
+    short = ImageCritic(critic.model, critic.processor, _short(4))
+    images = torch.zeros(2, 3, 40, 56, dtype=torch.uint8)
+    scores = short.score(images)
     assert scores.shape == (2,) and scores.dtype == torch.float32
+    torch.testing.assert_close(scores, short.critique(images).scores, equal_nan=True)
+    assert short.sample(images).tokens.shape == (2, 4)
     with pytest.raises(ValueError, match="top_p"):
-        critic.critique(_images(SIZES[:1]), top_p=0.0)
+        critic.sample(_images(SIZES[:1]), top_p=0.0)
+    with pytest.raises(ValueError, match="top_p"):
+        CriticConfig(top_p=0.0)
 
 
 def test_load_errors(tmp_path):
@@ -210,9 +258,9 @@ def test_round_trip_release_layout(tiny, tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     images = _images(SIZES[:2])
-    before = ImageCritic(model, processor, max_new_tokens=6).critique(images)
-    after = ImageCritic(loaded, loaded_processor, max_new_tokens=6).critique(images)
-    assert torch.equal(before.tokens, after.tokens) and before.texts == after.texts
+    before = ImageCritic(model, processor, _short(6)).sample(images)
+    after = ImageCritic(loaded, loaded_processor, _short(6)).sample(images)
+    assert torch.equal(before.tokens, after.tokens) and before.judgement.texts == after.judgement.texts
 
 
 def test_round_trip_with_lora(tiny, tmp_path):
@@ -221,7 +269,7 @@ def test_round_trip_with_lora(tiny, tmp_path):
     model, processor = tiny
     torch.manual_seed(0)
     peft_model = get_peft_model(
-        qwen_vl.build_tiny_critic(seed=0)[0],
+        qwen_vl.build_tiny_critic(seed=0, corpus=tiny_critic_corpus())[0],
         LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
     )
     qwen_vl.save_critic(peft_model, processor, tmp_path)
@@ -234,7 +282,7 @@ def test_round_trip_with_lora(tiny, tmp_path):
         torch.testing.assert_close(b, a, msg=name)
         changed += not torch.equal(b, plain[name])
     assert changed == 2 * model.config.text_config.num_hidden_layers, "q_proj and v_proj of every layer merged"
-    got = ImageCritic(loaded, loaded_processor, max_new_tokens=6).critique(_images(SIZES[:2]))
+    got = ImageCritic(loaded, loaded_processor, _short(6)).sample(_images(SIZES[:2]))
     assert got.tokens.shape[0] == 2
 
 
@@ -242,12 +290,33 @@ def test_round_trip_with_lora(tiny, tmp_path):
 def test_compiled_decode_step_no_recompiles(tiny):
     model, processor = tiny
     torch._dynamo.reset()
-    compiled = ImageCritic(model, processor, max_new_tokens=6, compile=True, compile_backend="aot_eager")
-    eager = ImageCritic(model, processor, max_new_tokens=6)
+    compiled = ImageCritic(model, processor, dataclasses.replace(_short(6), compile=True), compile_backend="aot_eager")
+    eager = ImageCritic(model, processor, _short(6))
     first, second = _images([(60, 90), (28, 28)], seed=1), _images([(112, 100), (56, 56)], seed=2)
     lengths = [compiled.build_inputs(x, bucket=1)["attention_mask"].sum(1).tolist() for x in (first, second)]
     assert lengths[0] != lengths[1]
     assert compiled.build_inputs(first)["input_ids"].shape == compiled.build_inputs(second)["input_ids"].shape
-    assert torch.equal(compiled.critique(first).tokens, eager.critique(first).tokens)
+    assert torch.equal(compiled.sample(first).tokens, eager.sample(first).tokens)
     with torch._dynamo.config.patch(error_on_recompile=True):
-        assert torch.equal(compiled.critique(second).tokens, eager.critique(second).tokens)
+        assert torch.equal(compiled.sample(second).tokens, eager.sample(second).tokens)
+
+
+def test_factory_builds_the_configured_critic(tiny):
+    from spc_fast.config import PRESETS, TINY
+    from spc_fast.models import factory
+
+    critic = factory.build_critic(CriticConfig(weights=TINY, max_new_tokens=3, device="cpu", dtype="float32"))
+    assert critic.model.dtype == torch.float32 and critic.config.max_new_tokens == 3 and critic.attention == "sdpa"
+    assert torch.equal(critic.model.lm_head.weight, tiny[0].lm_head.weight), "build_critic draws seed 0's weights"
+    assert critic.sample(_images(SIZES[:1])).tokens.shape == (1, 3)
+    preset = factory.tiny_critic(seed=1)
+    assert preset.config == dataclasses.replace(PRESETS[TINY].critic, weights=TINY)
+    assert not torch.equal(preset.model.lm_head.weight, tiny[0].lm_head.weight)
+    half = factory.tiny_critic(config=CriticConfig(device="cpu", dtype="bfloat16"))
+    assert half.model.dtype == torch.bfloat16 and half.config.max_new_tokens == CriticConfig().max_new_tokens
+    with pytest.raises(ValueError, match="critic.weights is not set"):
+        factory.build_critic(CriticConfig())
+    assert factory.resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert factory.resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
+    assert factory.resolve_dtype("float16", torch.device("cpu")) == torch.float16
+    assert factory.resolve_device("cpu") == torch.device("cpu")

@@ -20,6 +20,8 @@ from spc_fast.kernels import (
 from spc_fast.kernels.grpo import grpo_fused_linear, grpo_logits
 from spc_fast.kernels.references import token_logprobs_reference
 
+pytestmark = pytest.mark.interpreter
+
 # Per dtype of hidden states / LM head / logits: (loss rtol, gradient atol as a fraction of max |∂|). The
 # reference is fed the very values the kernel reads. fp32: accumulation error only. bf16/fp16: the GEMM rounds
 # the logits to the input dtype (|Δz| up to 2^-8 |z| for bf16), which moves logp, ρ and the loss, and the
@@ -352,22 +354,25 @@ def test_kernel_compiles_for_sm90_without_spills():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_compiled_kernel_on_cuda(dtype):
+def test_compiled_kernel_on_cuda(dtype, compiled_kernels):
     case = dict(batch=4, length=37, hidden=256, vocab=32003, dtype=dtype, old=True, beta_kl=0.04, epsilon=0.2,
                 temperature=0.9, chunk_tokens=None, train_head=True, seed=21)
     inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in make_inputs(case).items()}
-    assert_matches(ours(inputs, True, chunk_tokens=64), truth(inputs, True), dtype, inputs["advantages"])
+    with compiled_kernels("_grpo_rows_kernel"):
+        got = ours(inputs, True, chunk_tokens=64)
+    assert_matches(got, truth(inputs, True), dtype, inputs["advantages"])
 
 
 @pytest.mark.gpu
-def test_peak_memory_is_a_chunk_of_logits_on_cuda():
+def test_peak_memory_is_a_chunk_of_logits_on_cuda(compiled_kernels):
     case = dict(batch=2, length=512, hidden=512, vocab=151936, dtype=torch.bfloat16, old=True, beta_kl=0.04,
                 epsilon=0.2, temperature=1.0, chunk_tokens=None, train_head=False, seed=22)
     inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in make_inputs(case).items()}
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    ours(inputs, False, chunk_tokens=128)
+    with compiled_kernels("_grpo_rows_kernel"):
+        ours(inputs, False, chunk_tokens=128)
     peak = torch.cuda.max_memory_allocated() - base
     full_logits = 2 * 512 * 151936 * 2  # bf16 logits of every token
     assert peak < full_logits / 3

@@ -1,7 +1,11 @@
 """The models' GPU paths (run by bench/gpu_check.sh on a lent GPU; skipped without CUDA): CUDA-graph compiled
-denoise loop and decode step against eager, and flash-attn with padded H_c when flash-attn is installed."""
+denoise loop and decode step against eager, and flash-attn with padded H_c when flash-attn is installed. The
+compiled tests assert that inductor compiled the graphs (Triton not interpreted) and kept their CUDA graphs."""
 
 from __future__ import annotations
+
+import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -9,18 +13,33 @@ import torch
 pytest.importorskip("diffusers")
 
 from spc_fast import attention  # noqa: E402
+from spc_fast.config import PRESETS, TINY, CriticConfig  # noqa: E402
+from spc_fast.kernels import dispatch  # noqa: E402
 from spc_fast.models import qwen_image, qwen_vl, tiny_artist, tiny_critic  # noqa: E402
-from spc_fast.models.factory import critic_from  # noqa: E402
+from spc_fast.models.factory import critic_from, tiny_critic_corpus  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
 
 
-def _artist(**options):
-    artist = tiny_artist(**options)
-    for module in (artist.transformer, artist.vae):
-        module.to(CUDA)
-    return artist
+def _artist(**settings):
+    return tiny_artist(config=dataclasses.replace(PRESETS[TINY].artist, device="cuda", **settings))
+
+
+def _critic(**settings):
+    return tiny_critic(config=dataclasses.replace(PRESETS[TINY].critic, device="cuda", **settings))
+
+
+@contextlib.contextmanager
+def compiled_with_cuda_graphs():
+    """Asserts that the block compiled graphs with inductor, not under Triton's interpreter, and that inductor
+    skipped no CUDA graph (the reason of a skip is in the log)."""
+    assert not dispatch.interpreting(), "TRITON_INTERPRET=1 on a CUDA machine: inductor's kernels would be interpreted"
+    counters = torch._dynamo.utils.counters
+    graphs, skips = counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
+    yield
+    assert counters["stats"]["unique_graphs"] > graphs, "nothing was compiled: the eager path ran"
+    assert counters["inductor"]["cudagraph_skips"] == skips, "inductor skipped CUDA graphs: the graphs ran without"
 
 
 def _conditioning(lengths=(7, 4), seed=0, dtype=torch.float32):
@@ -46,27 +65,39 @@ def test_cuda_graph_denoise_loop_with_guidance_matches_eager():
         return artist.edit(images, h_c, mask, generator=[torch.Generator().manual_seed(s) for s in (3, 4)], **options)
 
     reference = edit(eager).images
-    edit(compiled)  # warm-up: compile and record the graphs
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        out = edit(compiled).images
+    with compiled_with_cuda_graphs():
+        edit(compiled)  # warm-up: compile and record the graphs
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            out = edit(compiled).images
     torch.testing.assert_close(out, reference, atol=1e-4, rtol=0)
 
 
 def test_cuda_graph_decode_step_gives_eager_tokens():
-    model, processor = qwen_vl.build_tiny_critic()
+    model, processor = qwen_vl.build_tiny_critic(corpus=tiny_critic_corpus())
     model.to(CUDA)
-    eager = critic_from(model, processor, attention="sdpa", max_new_tokens=24)
-    compiled = critic_from(model, processor, attention="sdpa", max_new_tokens=24, compile=True)  # CUDA graphs
+    config = CriticConfig(attention="sdpa", max_new_tokens=24)
+    eager = critic_from(model, processor, config)
+    compiled = critic_from(model, processor, dataclasses.replace(config, compile=True))  # CUDA graphs
     images = torch.randint(0, 256, (3, 3, 56, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(compiled.critique(images).tokens, eager.critique(images).tokens)
+    expected = eager.sample(images).tokens
+    with compiled_with_cuda_graphs():
+        tokens = compiled.sample(images).tokens
+    assert torch.equal(tokens, expected)
+
+
+def test_teacher_forced_logprobs_on_cuda_match_the_sampled_ones():
+    """The critic's training entry point on the GPU (float32, the GRPO kernel's token_logprobs path)."""
+    critic = _critic(attention="sdpa", max_new_tokens=12)
+    images = torch.randint(0, 256, (2, 3, 56, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    rollout = critic.sample(images, num_samples=2, temperature=1.0, generator=torch.Generator(CUDA).manual_seed(0))
+    mask = rollout.completion_mask
+    torch.testing.assert_close(critic.token_logprobs(rollout)[mask], rollout.logprobs[mask], atol=1e-3, rtol=0)
 
 
 @pytest.mark.skipif(attention.unusable_reason("flash", "cuda", torch.bfloat16) is not None, reason="no flash-attn")
 def test_flash_attention_padded_h_c_matches_unpadded():
-    artist = tiny_artist(attention="sdpa")
-    for module in (artist.transformer, artist.vae):
-        module.to(CUDA, torch.bfloat16)
-    assert attention.set_dit_attention(artist.transformer, "flash") == "flash"
+    artist = _artist(attention="flash", dtype="bfloat16")
+    assert artist.attention == "flash"
     images = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
     h_c, mask = _conditioning(dtype=torch.bfloat16)
     options = dict(num_steps=4, target_pixels=64 * 96)
@@ -81,11 +112,11 @@ def test_flash_attention_padded_h_c_matches_unpadded():
 
 @pytest.mark.skipif(attention.unusable_reason("flash", "cuda", torch.bfloat16) is not None, reason="no flash-attn")
 def test_flash_prefill_critic_states_match_sdpa():
-    sdpa, flash = tiny_critic(max_new_tokens=8, attention="sdpa"), tiny_critic(max_new_tokens=8, attention="sdpa")
-    for critic in (sdpa, flash):
-        critic.model.to(CUDA, torch.bfloat16)
-    assert attention.set_vlm_attention(flash.model, "flash") == "flash"
+    sdpa = _critic(max_new_tokens=8, attention="sdpa", dtype="bfloat16")
+    flash = _critic(max_new_tokens=8, attention="flash", dtype="bfloat16")
+    assert flash.attention == "flash" and flash.model.config._attn_implementation == "flash_attention_2"
     images = torch.randint(0, 256, (2, 3, 56, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
-    a, b = sdpa.critique(images), flash.critique(images)
+    a, b = sdpa.sample(images), flash.sample(images)
     prompt = int(a.prompt_lengths.min())
-    torch.testing.assert_close(b.hidden[:, :prompt].float(), a.hidden[:, :prompt].float(), atol=5e-2, rtol=5e-2)
+    hidden_a, hidden_b = a.judgement.hidden, b.judgement.hidden
+    torch.testing.assert_close(hidden_b[:, :prompt].float(), hidden_a[:, :prompt].float(), atol=5e-2, rtol=5e-2)

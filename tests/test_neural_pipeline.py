@@ -3,6 +3,7 @@ layout: ``spc-fast enhance --critic DIR --artist DIR`` and ``spc-fast critique -
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,10 +12,14 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
-from spc_fast import attention, cli, io  # noqa: E402
+from spc_fast import attention, cli, imagefiles  # noqa: E402
 from spc_fast.artist.lora import add_lora  # noqa: E402
+from spc_fast.artists import DiffusionArtist, image_seed  # noqa: E402
+from spc_fast.config import PRESETS, TINY, ArtistConfig  # noqa: E402
 from spc_fast.models import qwen_image, qwen_vl, tiny_artist, tiny_critic  # noqa: E402
-from spc_fast.pipeline import DiffusionArtist, Pipeline, image_seed  # noqa: E402
+from spc_fast.models.factory import tiny_critic_corpus  # noqa: E402
+from spc_fast.pipeline import Pipeline  # noqa: E402
+from spc_fast.roles import Judgement  # noqa: E402
 
 PIXELS = 48 * 64  # generation size of the tiny artist (the release generates at ~1 MP)
 
@@ -23,7 +28,7 @@ PIXELS = 48 * 64  # generation size of the tiny artist (the release generates at
 def models(tmp_path_factory):
     """A tiny critic in the release layout, a tiny diffusers artist directory with a release dit_lora/."""
     root = tmp_path_factory.mktemp("models")
-    model, processor = qwen_vl.build_tiny_critic(seed=1)
+    model, processor = qwen_vl.build_tiny_critic(seed=1, corpus=tiny_critic_corpus())
     qwen_vl.save_critic(model, processor, root / "critic")
     transformer, vae, scheduler = qwen_image.tiny_artist_components(seed=2)
     qwen_image.save_artist(root / "artist", transformer, vae, scheduler)
@@ -39,7 +44,7 @@ def models(tmp_path_factory):
 @pytest.fixture
 def photo(tmp_path, photos):
     path = tmp_path / "chelsea.jpg"
-    io.save_image(path, torch.from_numpy(photos["chelsea"][:90, :120]).permute(2, 0, 1).contiguous())
+    imagefiles.save_image(path, torch.from_numpy(photos["chelsea"][:90, :120]).permute(2, 0, 1).contiguous())
     return path
 
 
@@ -56,7 +61,7 @@ def test_enhance_with_neural_critic_and_artist(models, photo, tmp_path, capsys):
         "--steps", 2, "--pixels", PIXELS, "--max-new-tokens", 12, "--attention", "sdpa", "--report", report,
     )
     assert code == 0, err
-    assert io.load_tensor(out).shape == io.load_tensor(photo).shape == (3, 90, 120)
+    assert imagefiles.load_tensor(out).shape == imagefiles.load_tensor(photo).shape == (3, 90, 120)
     data = json.loads(report.read_text())
     assert data["critic"] == "ImageCritic" and data["artist"] == "DiffusionArtist"
     assert data["critic_attention"] == data["artist_attention"] == "sdpa"
@@ -79,6 +84,8 @@ def test_critique_with_neural_critic(models, photo, capsys):
 def test_model_flag_errors(models, photo, tmp_path, capsys):
     code, _, err = _run(capsys, "enhance", photo, "-o", tmp_path / "o.jpg", "--artist", models / "artist")
     assert code == 1 and "--artist needs --critic" in err
+    code, _, err = _run(capsys, "enhance", photo, "-o", tmp_path / "o.jpg", "--set", "artist.weights=tiny")
+    assert code == 1 and "set critic.weights too" in err
     code, _, err = _run(capsys, "enhance", photo, "-o", tmp_path / "o.jpg", "--steps", 4, "--seed", 3)
     assert code == 1 and "--steps, --seed configure the neural artist" in err
     code, _, err = _run(capsys, "critique", photo, "--attention", "flash")
@@ -94,22 +101,23 @@ def test_model_flag_errors(models, photo, tmp_path, capsys):
 
 
 def test_pipeline_mixed_sizes_and_seeds():
-    critic, artist = tiny_critic(max_new_tokens=6), tiny_artist()
+    critic, artist = tiny_critic(config=dataclasses.replace(PRESETS[TINY].critic, max_new_tokens=6)), tiny_artist()
     g = torch.Generator().manual_seed(5)
     images = [torch.randint(0, 256, (3, 40, 56), dtype=torch.uint8), torch.rand(3, 32, 32, generator=g),
               torch.rand(3, 32, 32, generator=g)]  # the two 32 x 32 ones share a sampler batch
-    pipeline = Pipeline(critic, DiffusionArtist(artist, num_steps=2, target_pixels=PIXELS), rescore=False)
+    config = ArtistConfig(steps=2, pixels=PIXELS)
+    pipeline = Pipeline(critic, DiffusionArtist(artist, config))
     result = pipeline.enhance(images)
     assert [(i.shape, i.dtype) for i in result.images] == [(x.shape, x.dtype) for x in images]
     assert len(result.records) == 3
     # an image's edit does not depend on its batch: alone, it comes out the same
     alone = pipeline.enhance(images[2:]).images[0]
     torch.testing.assert_close(alone, result.images[2], atol=1e-4, rtol=0)
-    reseeded = Pipeline(critic, DiffusionArtist(artist, num_steps=2, target_pixels=PIXELS, seed=1), rescore=False)
+    reseeded = Pipeline(critic, DiffusionArtist(artist, dataclasses.replace(config, seed=1)))
     assert not torch.equal(reseeded.enhance(images[2:]).images[0], alone)
     assert image_seed(images[0], 0) != image_seed(images[0], 1) != image_seed(images[1], 1)
     with pytest.raises(ValueError, match="hidden states"):
-        DiffusionArtist(artist).edit(images, [r.critique for r in result.records])
+        DiffusionArtist(artist).edit(images, Judgement(["x"] * 3, [r.critique for r in result.records]))
 
 
 def test_load_artist_merges_the_release_lora(models):
@@ -117,7 +125,7 @@ def test_load_artist_merges_the_release_lora(models):
 
     from spc_fast.models import load_artist
 
-    artist = load_artist(models / "artist", device="cpu")
+    artist = load_artist(models / "artist", ArtistConfig(device="cpu"))
     layers = [m for m in artist.transformer.modules() if isinstance(m, BaseTunerLayer)]
     assert len(layers) == 2 * len(qwen_image.LORA_TARGETS) and all(layer.merged for layer in layers)
     assert artist.transformer.dtype == torch.float32 and artist.attention == "sdpa"

@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from sm90_compile import compile_in_subprocess
 
 from spc_fast import rl_losses
-from spc_fast.kernels import dispatch, nft_loss, nft_loss_reference, optimality_from_advantage
+from spc_fast.kernels import dispatch, grid, nft, nft_loss, nft_loss_reference, optimality_from_advantage
 from spc_fast.kernels.nft import LaunchConfig, NFTLossFunction, nft_loss_backward, nft_loss_forward
+
+pytestmark = pytest.mark.interpreter
 
 # Per input dtype: (loss rtol, gradient rtol, gradient atol as a fraction of max |∂|, absolute gradient floor).
 # The reference is fed the very values the kernel reads, so the loss keeps float32 accumulation error at every
@@ -256,7 +258,8 @@ def test_compiles_fullgraph_without_recompiles(adaptive):
 
 
 def test_importing_the_package_does_not_import_triton():
-    code = "import sys, spc_fast.kernels as k, spc_fast.rl_losses; k.nft_loss; print('triton' in sys.modules)"
+    code = ("import sys, spc_fast.kernels as k, spc_fast.rl_losses, spc_fast.photometric, spc_fast.retouch; "
+            "k.nft_loss; print('triton' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False"
 
@@ -285,8 +288,27 @@ def test_public_names_are_exported():
     for name in ("nft_loss", "grpo_loss", "grpo_loss_from_logits", "token_logprobs", "group_advantages",
                  "optimality_from_advantage", "nft_loss_reference", "grpo_loss_reference"):
         assert callable(getattr(kernels, name))
-    assert kernels.nft_loss is rl_losses.nft_loss
-    assert NFTLossFunction is not None
+    assert kernels.nft_loss.__module__ == "spc_fast.kernels.nft_entry"  # beside its kernel, not in rl_losses
+    for name in kernels.__all__:  # rl_losses, the module the README documents, re-exports every op
+        assert getattr(rl_losses, name) is getattr(kernels, name)
+    assert rl_losses.token_logprobs_reference is kernels.references.token_logprobs_reference
+    assert rl_losses.A_MAX == 5.0 and rl_losses.GROUP_STD_EPS == 1e-4
+    assert issubclass(NFTLossFunction, torch.autograd.Function)
+
+
+@pytest.mark.parametrize("multiprocessors", [132, 108])  # H100/H200, A100
+@pytest.mark.parametrize("batch, num_elements", [(1, 16 * 128 * 128), (8, 16 * 128 * 128), (64, 16 * 128 * 128),
+                                                 (4, 64 * 256 * 256)])
+def test_launch_config_fills_the_device(monkeypatch, multiprocessors, batch, num_elements):
+    monkeypatch.setattr(nft, "interpreting", lambda: False)
+    monkeypatch.setattr(grid, "multiprocessor_count", lambda device: multiprocessors)
+    config = nft.launch_config(batch, num_elements, torch.device("cuda", 0))
+    assert config.block == nft.GPU_BLOCK and 1 <= config.chunks <= nft.MAX_CHUNKS
+    programs = batch * -(-num_elements // (config.block * config.chunks))
+    target = nft.PROGRAMS_PER_SM * multiprocessors
+    blocks = batch * -(-num_elements // config.block)  # programs of one block each: the most there can be
+    # rounding the chunks per program up gives at most the target, and never less than half of it
+    assert min(target, blocks) // 2 <= programs <= target + batch, (programs, target)
 
 
 @pytest.mark.slow
@@ -321,12 +343,13 @@ def test_kernels_compile_for_sm90_without_spills():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("adaptive", [True, False])
-def test_compiled_kernel_on_cuda(dtype, adaptive):
+def test_compiled_kernel_on_cuda(dtype, adaptive, compiled_kernels):
     case = dict(shape=(3, 16, 33, 47), dtype=dtype, t=[0.001, 0.5, 0.999], r=[0.0, 0.3, 1.0], beta=0.1,
                 adaptive=adaptive, kl_weight=0.5, close=True, seed=9)
     inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in make_inputs(case).items()}
     weights = torch.tensor([1.0, 0.5, 2.0], device="cuda")
-    loss, grad = loss_and_grad(nft_loss, inputs, weights)
+    with compiled_kernels("_nft_pass_kernel", "_nft_finalize_kernel"):
+        loss, grad = loss_and_grad(nft_loss, inputs, weights)
     truth, truth_grad = loss_and_grad(nft_loss_reference, inputs, weights, torch.float64)
     loss_rtol, grad_rtol, grad_atol, grad_floor = TOLERANCES[dtype]
     torch.testing.assert_close(loss.double(), truth, rtol=10 * loss_rtol, atol=0)
@@ -335,13 +358,14 @@ def test_compiled_kernel_on_cuda(dtype, adaptive):
 
 
 @pytest.mark.gpu
-def test_inductor_compile_on_cuda():
+def test_inductor_compile_on_cuda(compiled_kernels):
     torch._dynamo.reset()
     case = dict(shape=(2, 16, 32, 32), dtype=torch.bfloat16, t=[0.3, 0.6], r=[0.1, 0.9], beta=0.1, adaptive=True,
                 kl_weight=0.0, close=True, seed=6)
     inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in make_inputs(case).items()}
     compiled = torch.compile(nft_loss, fullgraph=True)
-    loss, grad = loss_and_grad(compiled, inputs, torch.ones(2, device="cuda"))
+    with compiled_kernels("_nft_pass_kernel", "_nft_finalize_kernel"):
+        loss, grad = loss_and_grad(compiled, inputs, torch.ones(2, device="cuda"))
     eager, eager_grad = loss_and_grad(nft_loss, inputs, torch.ones(2, device="cuda"))
     torch.testing.assert_close(loss, eager)
     torch.testing.assert_close(grad, eager_grad)

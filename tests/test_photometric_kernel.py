@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 
 from spc_fast import colour, photometric
 from spc_fast.images import numpy_to_unit
+from spc_fast.kernels import grid, photometric_partials
 from spc_fast.kernels import photometric_stats as kernel
 from spc_fast.kernels.tl_colour import lab_f
+
+pytestmark = pytest.mark.interpreter
 
 # Per input dtype: (relative tolerance on exposure/contrast/saturation, absolute floor in L*/C* units for
 # values near 0 such as the saturation of a grey image, relative tolerance on CCT). The reference is fed the
@@ -98,7 +101,8 @@ def test_public_op_matches_reference_on_photos(photos):
     crops = np.stack([photo[:300, :400] for photo in photos.values()])
     images = torch.from_numpy(crops).permute(0, 3, 1, 2)
     partials = kernel.photometric_stats(images)
-    assert partials.shape == (4, kernel.num_blocks(300, 400), len(photometric.STAT_NAMES))
+    assert partials.shape == (4, kernel.num_blocks(300, 400, images.device), photometric_partials.NUM_STATS)
+    assert photometric.STAT_NAMES == photometric_partials.STAT_NAMES  # still importable where it used to be
     assert_attributes_close(photometric.finalize(partials), reference(images), torch.uint8)
 
 
@@ -220,15 +224,38 @@ def test_opcheck_and_fake_shapes():
         torch.library.opcheck(torch.ops.spc_fast.photometric_stats.default, args)
 
 
-def test_launch_config_fills_an_h100(monkeypatch):
+@pytest.mark.parametrize("multiprocessors", [132, 108])  # H100/H200, A100
+def test_launch_config_fills_the_device(monkeypatch, multiprocessors):
     monkeypatch.setattr(kernel, "interpreting", lambda: False)
-    config = kernel.launch_config(3000 * 4000)
+    monkeypatch.setattr(grid, "multiprocessor_count", lambda device: multiprocessors)
+    gpu = torch.device("cuda", 0)
+    config = kernel.launch_config(3000 * 4000, gpu)
     assert config.block == kernel.GPU_BLOCK and 1 < config.chunks <= kernel.MAX_CHUNKS
-    assert kernel.num_blocks(3000, 4000) >= 4 * 132
-    assert kernel.num_blocks(1, 1) == 1 and kernel.launch_config(1).chunks == 1
+    assert kernel.num_blocks(3000, 4000, gpu) >= kernel.PROGRAMS_PER_SM * multiprocessors
+    assert kernel.num_blocks(1, 1, gpu) == 1 and kernel.launch_config(1, gpu).chunks == 1
     for h, w in [(1, 1), (61, 89), (1024, 1024), (3000, 4000), (20000, 20000)]:
-        config = kernel.launch_config(h * w)
-        assert kernel.num_blocks(h, w) == triton.cdiv(h * w, config.block * config.chunks)
+        config = kernel.launch_config(h * w, gpu)
+        assert kernel.num_blocks(h, w, gpu) == triton.cdiv(h * w, config.block * config.chunks)
+
+
+def test_multiprocessor_count_is_read_once_per_device(monkeypatch):
+    reads = []
+
+    def properties(index):
+        reads.append(index)
+        return type("Properties", (), {"multi_processor_count": 108 + 24 * index})()
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    grid._multiprocessor_count.cache_clear()
+    try:
+        counts = [grid.multiprocessor_count(d) for d in ("cuda:0", "cuda:0", "cuda", torch.device("cuda", 1))]
+        assert counts == [108, 108, 132, 132] and reads == [0, 1]
+        assert grid.min_programs("cuda:0", 16) == 16 * 108
+    finally:
+        grid._multiprocessor_count.cache_clear()
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        grid.multiprocessor_count("cpu")
 
 
 def test_eligible_follows_dispatch(monkeypatch):
@@ -275,22 +302,24 @@ def test_twelve_megapixels_keeps_contrast(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("newton", [False, True])
-def test_compiled_kernel_on_cuda(newton):
+def test_compiled_kernel_on_cuda(newton, compiled_kernels):
     assert lab_f_errors("cuda", newton).max() <= 1e-6
     rng = np.random.default_rng(21)
-    for dtype in DTYPES:
-        for h, w in [(1, 1), (7, 13), (61, 89), (517, 1031)]:
-            for channels_last in (False, True):
-                images = to_tensor(make_values(rng, 3, h, w, "extremes"), dtype, channels_last).cuda()
-                assert_attributes_close(attributes(images, cbrt_newton=newton), reference(images), dtype)
-        images = to_tensor(make_values(rng, 2, 255, 257, "uniform"), dtype).cuda()
-        matrix = np.stack([1.5 * colour.temperature_matrix(40), 0.5 * colour.temperature_matrix(-60)])
-        matrix, upper = torch.tensor(matrix).float().cuda(), torch.tensor([1.0, 0.5]).cuda()
-        got = attributes(images, linear_matrix=matrix, upper=upper, cbrt_newton=newton)
-        assert_attributes_close(got, pre_transform_reference(images.cpu(), matrix.cpu(), upper.cpu()), dtype)
-    for dtype in (torch.float32, torch.uint8):
-        images = large_image(dtype)
-        got = attributes(images.cuda(), cbrt_newton=newton)
-        truth = reference(images)
-        np.testing.assert_allclose(got[0, 1].item(), truth[0, 1], rtol=1e-4)
-        assert_attributes_close(got, truth, dtype)
+    with compiled_kernels("_photometric_stats_kernel"):
+        for dtype in DTYPES:
+            for h, w in [(1, 1), (7, 13), (61, 89), (517, 1031)]:
+                for channels_last in (False, True):
+                    images = to_tensor(make_values(rng, 3, h, w, "extremes"), dtype, channels_last).cuda()
+                    assert_attributes_close(attributes(images, cbrt_newton=newton), reference(images), dtype)
+            images = to_tensor(make_values(rng, 2, 255, 257, "uniform"), dtype).cuda()
+            matrix = np.stack([1.5 * colour.temperature_matrix(40), 0.5 * colour.temperature_matrix(-60)])
+            matrix, upper = torch.tensor(matrix).float().cuda(), torch.tensor([1.0, 0.5]).cuda()
+            got = attributes(images, linear_matrix=matrix, upper=upper, cbrt_newton=newton)
+            assert_attributes_close(got, pre_transform_reference(images.cpu(), matrix.cpu(), upper.cpu()), dtype)
+        for dtype in (torch.float32, torch.uint8):
+            images = large_image(dtype)
+            got = attributes(images.cuda(), cbrt_newton=newton)
+            truth = reference(images)
+            np.testing.assert_allclose(got[0, 1].item(), truth[0, 1], rtol=1e-4)
+            assert_attributes_close(got, truth, dtype)
+            assert_attributes_close(photometric.attributes(images.cuda()), truth, dtype)  # the public entry

@@ -9,19 +9,16 @@ import pytest
 import torch
 
 from spc_fast import retouch
+from spc_fast.artists import RuleArtist
 from spc_fast.bench import enhance_quality
+from spc_fast.config import PipelineConfig
 from spc_fast.critic.analytic import AnalyticCritic
-from spc_fast.critic.format import CriticOutput, Suggestion, parse, render
+from spc_fast.critic.format import parse, render
 from spc_fast.critic.rules import AnalyticCriticConfig
-from spc_fast.pipeline import (
-    Artist,
-    Critic,
-    EnhanceRecord,
-    EnhanceResult,
-    Pipeline,
-    RuleArtist,
-    executor_parameters,
-)
+from spc_fast.critic.vocabulary import CriticOutput, Suggestion
+from spc_fast.executor import retouch_parameters
+from spc_fast.pipeline import EnhanceRecord, EnhanceResult, Pipeline
+from spc_fast.roles import Artist, Critic, Judgement
 
 SIDE = 128
 
@@ -43,7 +40,7 @@ class FixedCritic:
 
     def critique(self, images):
         self.calls += 1
-        return [self.output for _ in images]
+        return Judgement([render(self.output)] * len(images), [self.output for _ in images])
 
 
 def test_protocols_are_satisfied_by_the_defaults_and_by_stand_ins():
@@ -51,6 +48,15 @@ def test_protocols_are_satisfied_by_the_defaults_and_by_stand_ins():
     assert isinstance(pipeline.critic, Critic) and isinstance(pipeline.artist, Artist)
     assert isinstance(pipeline.critic, AnalyticCritic) and isinstance(pipeline.artist, RuleArtist)
     assert isinstance(FixedCritic("<think></think>"), Critic)
+
+
+def test_rescoring_is_opt_in(small_photos):
+    critic = FixedCritic("<think>x</think>\n<edit_start>\n1. increase contrast\n</edit_end>\n<answer>50</answer>")
+    record = Pipeline(critic).enhance([small_photos["chelsea.png"]]).records[0]
+    assert critic.calls == 1 and record.score_after is None and "rank" not in record.rewards
+    assert Pipeline.from_config(PipelineConfig()).rescore is False
+    Pipeline(critic, rescore=True).enhance([small_photos["chelsea.png"]])
+    assert critic.calls == 3
 
 
 def test_rule_artist_executes_the_suggestions(small_photos):
@@ -81,7 +87,7 @@ def test_conflicts_and_restoration_ops_are_recorded_not_executed(small_photos):
 
 def test_temperature_beyond_the_operator_is_clamped_and_reported():
     too_cool = CriticOutput("x", [Suggestion("temperature", -1, "significantly")] * 3, 50.0)
-    params, conflicts = executor_parameters(too_cool)
+    params, conflicts = retouch_parameters(too_cool.suggestions)
     assert params["temperature"] > -150 and "clamped" in conflicts[0]
 
 
@@ -89,7 +95,7 @@ def test_default_pipeline_records_and_keeps_dtype(small_photos):
     photo = small_photos["astronaut.png"]
     dark = retouch.apply(photo, exposure=-1.0)
     images = [photo.half(), dark, (dark * 255).round().to(torch.uint8)]
-    result = Pipeline().enhance(images)
+    result = Pipeline(rescore=True).enhance(images)
     assert isinstance(result, EnhanceResult) and len(result.records) == 3
     assert [x.dtype for x in result.images] == [torch.float16, torch.float32, torch.uint8]
     assert result.images[0] is images[0]  # nothing to do: the very same tensor
@@ -102,7 +108,8 @@ def test_default_pipeline_records_and_keeps_dtype(small_photos):
     dark_record = result.records[1]
     assert dark_record.rewards["compliance"] == 1.0 and dark_record.rewards["rank"] == 1.0
     assert dark_record.score_after > dark_record.critique.score
-    assert result.records[0].rewards["format"] == 0.0  # nothing suggested: not a well-formed training answer
+    untouched = result.records[0]
+    assert untouched.critique.no_edit and untouched.rewards["format"] == 1.0  # "1. no edit needed" is well formed
 
 
 def test_quality_regression(small_photos):

@@ -247,3 +247,41 @@ def test_temperature_domain_edges_are_allowed():
     colour.temperature_matrix(colour.TEMPERATURE_DELTA_MAX)
     out = torch_apply(random_images(1, 2, 2, torch.float32, 10), temperature=colour.TEMPERATURE_DELTA_MAX)
     assert out.isfinite().all()
+
+
+def test_temperature_matrices_match_the_reference():
+    # both daylight-locus branches (target above and below 7000 K, at about -10.9 mired) and the domain's edges
+    deltas = [colour.TEMPERATURE_DELTA_MIN, -60.0, -10.0, -11.5, 0.0, 25.0, 150.0, colour.TEMPERATURE_DELTA_MAX]
+    matrices = retouch.temperature_matrices(torch.tensor(deltas, dtype=torch.float64))
+    expected = np.stack([colour.temperature_matrix(d) for d in deltas])
+    np.testing.assert_allclose(matrices.numpy(), expected, rtol=0, atol=1e-13)
+
+
+def test_trusted_tensor_parameters_are_never_read_on_the_host(monkeypatch):
+    images = random_images(2, 9, 7, torch.float32, 12)
+    params = {
+        "exposure": torch.tensor([0.4, -0.3], dtype=torch.float64),
+        "contrast": torch.tensor([1.2, 0.8]),
+        "saturation": torch.tensor([1.3, 1.1]),
+        "temperature": torch.tensor([25.0, -40.0]),
+    }
+    expected = torch_apply(images, **params)
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("the trusted path read a tensor on the host")
+
+    for name in ("cpu", "numpy", "tolist", "item", "__bool__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    with dispatch.torch_fallback():
+        trusted = retouch.apply(images, **params, validate=False)
+    monkeypatch.undo()
+    assert torch.equal(trusted, expected)
+
+
+def test_trusted_neutral_tensors_run_their_steps():
+    images = random_images(2, 5, 7, torch.uint8, 13)
+    neutral = {k: torch.full((2,), v) for k, v in retouch.NEUTRAL.items()}
+    out = torch_apply(images, **neutral, validate=False)
+    assert out is not images and (out.int() - images.int()).abs().max() <= 1
+    with pytest.raises(ValueError, match="contrast must be > 0"):  # numbers are checked either way
+        torch_apply(images, contrast=0.0, validate=False)

@@ -1,4 +1,4 @@
-"""Rewards (spc_fast/rewards.py, SPEC.md §5): hand-computed branches, batching, devices, LPIPS."""
+"""Rewards (spc_fast/rewards/, SPEC.md §5): hand-computed branches, batching, devices, LPIPS."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spc_fast import retouch, rewards
-from spc_fast.critic.format import (
+from spc_fast.critic.format import parse
+from spc_fast.critic.vocabulary import (
     CONTRAST,
     ENHANCE_LOW_LIGHT,
     EXPOSURE,
@@ -19,7 +20,6 @@ from spc_fast.critic.format import (
     TEMPERATURE,
     CriticOutput,
     Suggestion,
-    parse,
 )
 from spc_fast.photometric import attributes
 from spc_fast.rewards import (
@@ -408,6 +408,12 @@ def test_format_reward_accepts_parsed_outputs():
     parsed = parse(GOOD)
     assert format_reward([parsed, GOOD, CriticOutput("", [], None, [])]).tolist() == [1.0, 1.0, 0.0]
     assert format_reward([]).shape == (0,)
+
+
+def test_format_reward_accepts_the_explicit_no_edit_answer():
+    no_edit = GOOD.replace("1. slightly increase contrast", "1. No edit needed")
+    assert format_reward([no_edit, CriticOutput("a", [], 90.0, [], no_edit=True)]).tolist() == [1.0, 1.0]
+    assert format_reward([no_edit.replace("<answer>70", "<answer>170")]).tolist() == [0.0]
 
 
 def test_rank_reward():

@@ -1,4 +1,5 @@
-"""The Photographic Artist: the Qwen-Image-Edit DiT, its VAE and the flow-matching sampler."""
+"""The Photographic Artist: the Qwen-Image-Edit DiT, its VAE and the flow-matching sampler (``PhotoArtist``, with its
+training entry points ``rollout`` and ``velocity``), the real-valued RoPE and the named LoRA adapters."""
 
 from spc_fast.artist.lora import add_lora, merge_lora, set_adapter, unmerge_lora
 from spc_fast.artist.model import EditResult, PhotoArtist
@@ -9,6 +10,7 @@ from spc_fast.artist.sampler import (
     dynamic_shift,
     output_size,
     pack_latents,
+    predict_velocity,
     schedule,
     unpack_latents,
 )
@@ -26,6 +28,7 @@ __all__ = [
     "merge_lora",
     "output_size",
     "pack_latents",
+    "predict_velocity",
     "schedule",
     "set_adapter",
     "unmerge_lora",

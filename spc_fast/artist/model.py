@@ -1,26 +1,36 @@
-"""`PhotoArtist`: the Qwen-Image-Edit DiT conditioned on the critic's H_c, its VAE and the flow-matching sampler."""
+"""`PhotoArtist`: the Qwen-Image-Edit DiT conditioned on the critic's H_c, its VAE and the flow-matching sampler.
+
+Inference: `edit`. Training (DiffusionNFT, SPEC.md §7–8): `rollout` samples with the deterministic sampler and no CFG
+and keeps the trajectory; `velocity` is one DiT prediction at a given timestep, with gradients, under a chosen LoRA
+adapter (or none: the reference policy, also `reference()`).
+"""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
+from spc_fast.adapters import adapter_active, adapters_disabled
 from spc_fast.artist.rope import use_real_rope
 from spc_fast.artist.sampler import (
-    DEFAULT_PIXELS,
     MULTIPLE,
     Trajectory,
     denoise,
     output_size,
     pack_latents,
+    predict_velocity,
     schedule,
     unpack_latents,
 )
-from spc_fast.attention import notice, set_dit_attention
+from spc_fast.attention import notice, refuse, set_dit_attention
+from spc_fast.config import ArtistConfig
 from spc_fast.images import check_batch, to_unit_float
+
+DEFAULT_CONFIG = ArtistConfig()
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -34,12 +44,13 @@ class EditResult:
 
 
 class PhotoArtist:
-    """Transformer + VAE + scheduler in the Qwen-Image-Edit-2509 layout, with our own sampling loop.
+    """Transformer + VAE + scheduler in the Qwen-Image-Edit-2509 layout, with our own sampling loop, configured by an
+    ``ArtistConfig`` (its weights, device and dtype are the model factory's business).
 
-    `real_rope=True` switches the DiT to the real-valued RoPE path (`spc_fast.artist.rope`), numerically equal to
-    diffusers' complex one and free of complex tensors for `torch.compile` / export. `attention` is one of
-    `spc_fast.attention.BACKENDS`; `self.attention` is the backend that runs. Outputs above `tiled_decode_pixels` are
-    decoded with the VAE's spatial tiling.
+    ``real_rope`` switches the DiT to the real-valued RoPE path (``spc_fast.artist.rope``), numerically equal to
+    diffusers' complex one and free of complex tensors for ``torch.compile`` / export. ``self.attention`` is the
+    backend that runs. Outputs above ``tiled_decode_pixels`` are decoded with the VAE's spatial tiling.
+    ``config.compile`` samples through ``torch.compile`` of the DiT with ``compile_backend``/``compile_mode``.
     """
 
     def __init__(
@@ -47,30 +58,35 @@ class PhotoArtist:
         transformer: QwenImageTransformer2DModel,
         vae: AutoencoderKLQwenImage,
         scheduler: FlowMatchEulerDiscreteScheduler,
+        config: ArtistConfig = DEFAULT_CONFIG,
         *,
-        real_rope: bool = True,
-        attention: str = "auto",
-        tiled_decode_pixels: int = 2 * DEFAULT_PIXELS,
+        compile_backend: str = "inductor",
+        compile_mode: str | None = None,
     ) -> None:
-        self.transformer = use_real_rope(transformer) if real_rope else transformer
-        if not real_rope and attention != "sdpa":
+        self.config = config
+        self.transformer = use_real_rope(transformer) if config.real_rope else transformer
+        attention = config.attention
+        if not config.real_rope and attention != "sdpa":
+            # diffusers' own Qwen-Image processor builds a 4-D H_c mask that flash-attn refuses and xformers reads as
+            # a dense bias
+            reason = "diffusers' own Qwen-Image attention (real_rope=False) runs only PyTorch SDPA"
             if attention != "auto":
-                notice(
-                    f"attention {attention}: diffusers' own Qwen-Image processor builds a 4-D H_c mask that flash-attn "
-                    "refuses and xformers reads as a bias; with real_rope=False the artist runs PyTorch SDPA"
-                )
+                raise refuse(attention, f"{reason}; set real_rope=True")
+            notice(f"attention auto: PyTorch SDPA, because {reason}")
             attention = "sdpa"
         self.attention = set_dit_attention(self.transformer, attention)
         self.vae = vae
         self.scheduler = scheduler
-        self.tiled_decode_pixels = tiled_decode_pixels
+        self.tiled_decode_pixels = config.tiled_decode_pixels
         self.denoiser = self.transformer
+        if config.compile:
+            self.compile(backend=compile_backend, **({"mode": compile_mode} if compile_mode else {}))
         cfg = vae.config
         self._mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1)
         self._std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1)
 
     def compile(self, **kwargs) -> PhotoArtist:
-        """Sample through `torch.compile(transformer, fullgraph=True, **kwargs)` from now on."""
+        """Sample through ``torch.compile(transformer, fullgraph=True, **kwargs)`` from now on."""
         self.denoiser = torch.compile(self.transformer, **{"fullgraph": True, **kwargs})
         return self
 
@@ -106,6 +122,25 @@ class PhotoArtist:
         rand_device = generator.device if generator is not None else device
         return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
+    def _conditioning(
+        self, h_c: torch.Tensor, h_c_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """H_c checked and on the DiT's device and dtype, and its mask as the DiT takes it: an all-ones mask is
+        dropped (as diffusers does) so attention runs unmasked."""
+        if h_c.dim() != 3 or h_c.shape[0] != batch:
+            raise ValueError(f"h_c must be [B={batch}, L, D], got {tuple(h_c.shape)}")
+        width = self.transformer.config.joint_attention_dim
+        if h_c.shape[-1] != width:
+            raise ValueError(
+                f"h_c width {h_c.shape[-1]} != the DiT's joint_attention_dim {width}; pass the critic's last hidden "
+                "states"
+            )
+        if h_c_mask is not None and h_c_mask.shape != h_c.shape[:2]:
+            raise ValueError(f"h_c_mask must be [B, L] = {tuple(h_c.shape[:2])}, got {tuple(h_c_mask.shape)}")
+        device = self.transformer.device
+        mask = None if h_c_mask is None or bool(h_c_mask.all()) else h_c_mask.to(device, torch.bool)
+        return h_c.to(device, self.transformer.dtype), mask
+
     @torch.no_grad()
     def edit(
         self,
@@ -113,32 +148,31 @@ class PhotoArtist:
         h_c: torch.Tensor,
         h_c_mask: torch.Tensor | None = None,
         *,
-        num_steps: int = 20,
-        guidance: float = 1.0,
+        num_steps: int | None = None,
+        guidance: float | None = None,
         negative: tuple[torch.Tensor, torch.Tensor | None] | None = None,
         generator: Generators = None,
-        target_pixels: int = DEFAULT_PIXELS,
+        target_pixels: int | None = None,
         size: tuple[int, int] | None = None,
         return_trajectory: bool = False,
     ) -> EditResult:
-        """Edit a batch of same-size images conditioned on H_c [B, L, 3584] (right-padded, mask [B, L]).
+        """Edit a batch of same-size images conditioned on H_c [B, L, D] (right-padded, mask [B, L]).
 
-        The output keeps each image's aspect ratio at about `target_pixels` with sides multiple of 16, or is `size`.
-        `generator`: one for the batch or one per image (per-sample seeds, as diffusers' `randn_tensor`).
+        The output keeps each image's aspect ratio at about ``target_pixels`` with sides multiple of 16, or is
+        ``size``. ``generator``: one for the batch or one per image (per-sample seeds, as diffusers'
+        ``randn_tensor``). None takes the config's ``steps``, ``guidance`` and ``pixels``.
         """
+        config = self.config
+        num_steps = config.steps if num_steps is None else num_steps
+        guidance = config.guidance if guidance is None else guidance
+        target_pixels = config.pixels if target_pixels is None else target_pixels
         images, _ = check_batch(images)
         b = images.shape[0]
-        if h_c.dim() != 3 or h_c.shape[0] != b:
-            raise ValueError(f"h_c must be [B={b}, L, D], got {tuple(h_c.shape)}")
-        if h_c.shape[-1] != self.transformer.config.joint_attention_dim:
-            raise ValueError(
-                f"h_c width {h_c.shape[-1]} != the DiT's joint_attention_dim "
-                f"{self.transformer.config.joint_attention_dim}; pass the critic's last hidden states"
-            )
-        if h_c_mask is not None and h_c_mask.shape != h_c.shape[:2]:
-            raise ValueError(f"h_c_mask must be [B, L] = {tuple(h_c.shape[:2])}, got {tuple(h_c_mask.shape)}")
+        h_c, mask = self._conditioning(h_c, h_c_mask, b)
         if guidance > 1.0 and negative is None:
             raise ValueError("guidance > 1 needs negative=(embeddings, mask) for true classifier-free guidance")
+        if negative is not None:
+            negative = self._conditioning(*negative, b)
         least = 2 if self.scheduler.config.get("shift_terminal") else 1
         if num_steps < least:
             raise ValueError(
@@ -156,13 +190,6 @@ class PhotoArtist:
         lh, lw = h // 8, w // 8
         zc = self.vae.config.z_dim
         noise = pack_latents(self._noise((b, 1, zc, lh, lw), generator, device, dtype).reshape(b, zc, lh, lw))
-        h_c = h_c.to(device, dtype)
-        # An all-ones mask is dropped (as diffusers does) so attention runs unmasked.
-        mask = None if h_c_mask is None or bool(h_c_mask.all()) else h_c_mask.to(device, torch.bool)
-        if negative is not None:
-            neg_mask = negative[1]
-            neg_mask = None if neg_mask is None or bool(neg_mask.all()) else neg_mask.to(device, torch.bool)
-            negative = (negative[0].to(device, dtype), neg_mask)
         img_shapes = [[(1, lh // 2, lw // 2), (1, lh // 2, lw // 2)]] * b
         sigmas, timesteps = schedule(self.scheduler, num_steps, noise.shape[1], device)
         latents, trajectory = denoise(
@@ -179,3 +206,57 @@ class PhotoArtist:
             return_trajectory=return_trajectory,
         )
         return EditResult(self.decode(unpack_latents(latents, lh, lw)), trajectory)
+
+    def rollout(
+        self,
+        images: torch.Tensor,
+        h_c: torch.Tensor,
+        h_c_mask: torch.Tensor | None,
+        *,
+        num_steps: int | None = None,
+        generator: Generators = None,
+        size: tuple[int, int] | None = None,
+    ) -> EditResult:
+        """An RL rollout (SPEC.md §8): ``edit`` with the deterministic Euler sampler and no CFG, at the config's
+        pixels (or ``size``), returning the edited images and the ``Trajectory`` every step of which ``velocity``
+        can replay."""
+        return self.edit(
+            images, h_c, h_c_mask, num_steps=num_steps, guidance=1.0, generator=generator, size=size,
+            return_trajectory=True,
+        )
+
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor | float,
+        source: torch.Tensor,
+        h_c: torch.Tensor,
+        h_c_mask: torch.Tensor | None,
+        img_shapes: list,
+        *,
+        adapter: str | None = None,
+    ) -> torch.Tensor:
+        """One DiT prediction of the velocity of the noisy tokens ``latents`` [B, S, 64] next to ``source`` [B, S', 64],
+        gradients enabled (the eager DiT): [B, S, 64]. ``timestep`` is on the scheduler's scale (1000·sigma, as
+        ``Trajectory.timesteps``), a scalar or [B]; ``img_shapes`` as in ``Trajectory``. ``adapter``: None runs the
+        active LoRA adapter, a name runs that adapter for this call (e.g. the NFT old policy), ``""`` runs with the
+        adapters disabled (the reference policy). A sampler step is x_next = x + (sigma_next - sigma) v."""
+        b = latents.shape[0]
+        h_c, mask = self._conditioning(h_c, h_c_mask, b)
+        device, dtype = self.transformer.device, self.transformer.dtype
+        t = torch.as_tensor(timestep, device=device).expand(b).to(dtype) / 1000
+        if adapter is None:
+            switch = nullcontext()
+        elif adapter == "":
+            switch = adapters_disabled(self.transformer)
+        else:
+            switch = adapter_active(self.transformer, adapter)
+        with switch:
+            return predict_velocity(
+                self.transformer, latents.to(device, dtype), source.to(device, dtype), t, h_c, mask, img_shapes
+            )
+
+    def reference(self) -> AbstractContextManager[None]:
+        """Inside ``with artist.reference():`` the DiT runs with its LoRA adapters disabled (the reference policy of
+        the NFT KL term, no second copy of the weights); a no-op for a DiT without adapters."""
+        return adapters_disabled(self.transformer)

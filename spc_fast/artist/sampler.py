@@ -17,10 +17,9 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 MULTIPLE = 16  # VAE 8x and the DiT's 2x2 patches
-DEFAULT_PIXELS = 1024 * 1024
 
 
-def output_size(height: int, width: int, target_pixels: int = DEFAULT_PIXELS) -> tuple[int, int]:
+def output_size(height: int, width: int, target_pixels: int) -> tuple[int, int]:
     """(h, w) with about `target_pixels` pixels, the aspect ratio of (height, width), sides multiples of 16."""
     ratio = width / height
     w = math.sqrt(target_pixels * ratio)
@@ -70,6 +69,29 @@ class Trajectory:
     img_shapes: list
 
 
+def predict_velocity(
+    denoiser,
+    x: torch.Tensor,
+    source: torch.Tensor,
+    t: torch.Tensor,
+    h_c: torch.Tensor,
+    h_c_mask: torch.Tensor | None,
+    img_shapes: list,
+) -> torch.Tensor:
+    """The DiT's velocity for the noisy tokens ``x`` [B, S, 64] next to the source tokens, at ``t`` [B] in [0, 1]
+    (the scheduler's timestep / 1000): [B, S, 64], the noisy part of the prediction."""
+    tokens = torch.cat([x, source], dim=1)  # [B, S + S_src, 64]
+    out = denoiser(
+        hidden_states=tokens,
+        timestep=t,
+        encoder_hidden_states=h_c,
+        encoder_hidden_states_mask=h_c_mask,
+        img_shapes=img_shapes,
+        return_dict=False,
+    )[0]
+    return out[:, : x.shape[1]]
+
+
 def denoise(
     denoiser,
     noise: torch.Tensor,
@@ -91,29 +113,13 @@ def denoise(
     conditional prediction's norm per token.
     """
     x = noise
-    n = noise.shape[1]
     steps_x, steps_x0 = [x], []
     for i in range(len(timesteps)):
-        tokens = torch.cat([x, source], dim=1)  # [B, S + S_src, 64]
         t = timesteps[i].expand(x.shape[0]).to(x.dtype) / 1000
-        v = denoiser(
-            hidden_states=tokens,
-            timestep=t,
-            encoder_hidden_states=h_c,
-            encoder_hidden_states_mask=h_c_mask,
-            img_shapes=img_shapes,
-            return_dict=False,
-        )[0][:, :n]
+        v = predict_velocity(denoiser, x, source, t, h_c, h_c_mask, img_shapes)
         if guidance > 1.0:
             v = v.clone()  # a CUDA-graph replay reuses its output buffer: the negative pass would overwrite v
-            v_neg = denoiser(
-                hidden_states=tokens,
-                timestep=t,
-                encoder_hidden_states=negative[0],
-                encoder_hidden_states_mask=negative[1],
-                img_shapes=img_shapes,
-                return_dict=False,
-            )[0][:, :n]
+            v_neg = predict_velocity(denoiser, x, source, t, negative[0], negative[1], img_shapes)
             mixed = v_neg + guidance * (v - v_neg)
             v = mixed * (torch.norm(v, dim=-1, keepdim=True) / torch.norm(mixed, dim=-1, keepdim=True))
         if return_trajectory:

@@ -1,6 +1,7 @@
 """Batched generation for the Qwen2.5-VL critic the gpt-fast way: a static KV cache (fixed shapes), a one-token
 decode step that ``torch.compile(fullgraph=True)`` captures once, sampling on the device without a host sync per
-token, and the last-layer state of every position kept for H_c (SPEC.md eq. 1).
+token, the last-layer state of every position kept for H_c (SPEC.md eq. 1), and each sampled token's log-probability
+kept for the RL trainer.
 
 The prompt is left-padded to a multiple of ``bucket`` tokens so prefill shapes repeat across batches, and the
 cache holds ``prompt + max_new_tokens`` positions, so the decode step sees one shape per (batch, bucket).
@@ -22,6 +23,7 @@ STOP_CHECK_EVERY = 8
 class Generation:
     tokens: torch.Tensor  # [B, T] generated ids, pad after each sample's stop token
     lengths: torch.Tensor  # [B] generated tokens per sample, stop token included
+    logprobs: torch.Tensor  # [B, T] float32 log_softmax(logits / temperature)[token] (greedy: temperature 1), 0 on pad
     hidden: torch.Tensor  # [B, S, D] H_c: prompt states then one state per generated token, right-padded
     mask: torch.Tensor  # [B, S] 1 for real positions
     prompt_lengths: torch.Tensor  # [B] real (unpadded) prompt tokens
@@ -48,6 +50,13 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     race = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return (probs / race).argmax(-1)
+
+
+def sampled_logprob(logits: torch.Tensor, token: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[B] float32 log-probability of ``token`` under log_softmax(logits / temperature), temperature 1 when greedy
+    (the distribution the RL losses score tokens under; the nucleus cut is not part of it)."""
+    scaled = logits.float() / temperature if temperature > 0 else logits.float()
+    return torch.log_softmax(scaled, dim=-1).gather(-1, token[:, None])[:, 0]
 
 
 def bucket_left_pad(inputs: dict, multiple: int, pad_id: int) -> dict:
@@ -98,7 +107,7 @@ class StaticGenerator:
             cache.reset()
         return cache
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: rollouts feed a teacher-forced forward with gradients later
     def __call__(
         self,
         inputs: dict,
@@ -142,11 +151,12 @@ class StaticGenerator:
         next_position = (prompt_lengths + rope_deltas[:, 0]).to(torch.long)  # [B]
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        tokens, states = [], []
+        tokens, logprobs, states = [], [], []
         with _text_attention(model, "sdpa"):
             for t in range(max_new_tokens):
                 token = sample(logits, temperature, top_p, generator)
                 token = torch.where(done, self.pad_id, token)
+                logprobs.append(sampled_logprob(logits, token, temperature).masked_fill(done, 0.0))
                 lengths += (~done).long()
                 tokens.append(token)
                 done = done | torch.isin(token, stop_ids)
@@ -157,7 +167,7 @@ class StaticGenerator:
                     break
         generated = torch.stack(tokens, dim=1)  # [B, T]
         hidden, hidden_mask = _join_states(prompt_states, torch.stack(states, dim=1), prompt_lengths, lengths)
-        return Generation(generated, lengths, hidden, hidden_mask, prompt_lengths)
+        return Generation(generated, lengths, torch.stack(logprobs, dim=1), hidden, hidden_mask, prompt_lengths)
 
 
 @contextmanager

@@ -1,54 +1,33 @@
-"""The neural image critic: Qwen2.5-VL asked the release's analysis question about each photo, answering in the tag
-format of SPEC.md §4, with its reasoning latent H_c (SPEC.md eq. 1) kept for the artist.
+"""The neural image critic: Qwen2.5-VL asked the analysis question about each photo, answering in the tag format of
+SPEC.md §4, with its reasoning latent H_c (SPEC.md eq. 1) handed to the artist in the ``Judgement``.
 
-``ImageCritic(model, processor)`` wraps any ``Qwen2_5_VLForConditionalGeneration`` and its processor (the tiny one
-from ``spc_fast.models.qwen_vl.build_tiny_critic`` or a release loaded by ``load_critic``).
+``ImageCritic(model, processor, config)`` wraps a ``Qwen2_5_VLForConditionalGeneration`` (or a peft model around
+one) and its processor; ``spc_fast.models`` builds ready ones (``build_critic``, ``load_critic``, ``tiny_critic``).
+Inference: ``critique`` and ``score``. Training (GRPO, SPEC.md §7): ``sample`` draws answers with their
+log-probabilities, ``completion_states`` and ``token_logprobs`` score them again under the current weights, and
+``reference()`` runs the model with its LoRA adapters disabled (the reference policy, no second copy).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
+from peft import PeftModel
 
 from spc_fast import images as image_checks
+from spc_fast.adapters import adapters_disabled
 from spc_fast.attention import set_vlm_attention
-from spc_fast.critic.format import CriticOutput, parse
+from spc_fast.config import CriticConfig
+from spc_fast.critic.format import parse
 from spc_fast.critic.generate import StaticGenerator, bucket_left_pad
+from spc_fast.critic.policy import CriticRollout, completion_logprobs, completion_states
+from spc_fast.roles import Judgement
 
-# Our wording of the release's system and analysis instruction; the tags and the steps follow the release's format
-# (SPEC.md §4 and §6): numbered analysis in <think>, suggestions between <edit_start> and </edit_end>, a 0-100 score
-# in <answer>.
-SYSTEM_PROMPT = (
-    "You are a professional photographer and photo retoucher. You judge the aesthetic and technical quality of "
-    "photos and say precisely how to edit them."
-)
-ANALYSIS_PROMPT = (
-    "Analyse this photo step by step:\n"
-    "1. Describe the scene and the subject.\n"
-    "2. Judge the light&exposure, contrast, saturation and color temperature.\n"
-    "3. Find degradations: blur, noise, haze, moire, shadow or low light.\n"
-    "4. Decide which edits would improve the photo and how strongly (slightly, moderately or significantly).\n"
-    "5. Rate the photo's quality from 0 to 100.\n"
-    "Write the numbered analysis inside <think></think>, then the edit suggestions as a numbered list between "
-    '<edit_start> and </edit_end>, for example "1. moderately increase light&exposure;" or "2. change color '
-    'temperature to slightly warmer", then the score as a number inside <answer></answer>.'
-)
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
-
-
-@dataclass
-class Critique:
-    texts: list[str]
-    outputs: list[CriticOutput]
-    tokens: torch.Tensor  # [N, T] generated ids (pad after the stop token)
-    lengths: torch.Tensor  # [N] generated tokens, stop token included
-    hidden: torch.Tensor  # [N, S, D] H_c, right-padded
-    mask: torch.Tensor  # [N, S] 1 for real positions (prompt + generated)
-    prompt_lengths: torch.Tensor  # [N]
-
+DEFAULT_CONFIG = CriticConfig()
 
 ImageInput = torch.Tensor | Sequence
 
@@ -76,60 +55,59 @@ def _as_arrays(images: ImageInput) -> list[np.ndarray]:
 
 
 class ImageCritic:
-    """Qwen2.5-VL critic: ``critique(images)`` answers per image (text, parsed output, H_c); ``score(images)``
-    reads the scores. Greedy by default; ``temperature > 0`` samples (``top_p``, ``num_samples`` answers per
-    image, a ``torch.Generator`` for repeatable draws). ``compile=True`` compiles the decode step. ``attention``
-    (``spc_fast.attention.BACKENDS``) sets the vision tower's and the prefill's attention; ``self.attention`` is the
-    backend that runs. Decode steps always run SDPA over the static cache."""
+    """Qwen2.5-VL critic configured by a ``CriticConfig`` (decoding, prompts, attention, compile); the config's
+    weights, device and dtype are the model factory's business. ``self.attention`` is the backend that runs for the
+    vision tower and the prefill; decode steps always run SDPA over the static cache. ``compile_backend`` and
+    ``compile_mode`` go to ``torch.compile`` of the decode step when ``config.compile`` is set."""
 
     def __init__(
         self,
         model,
         processor,
+        config: CriticConfig = DEFAULT_CONFIG,
         *,
-        max_new_tokens: int = 512,
-        bucket: int = 64,
-        compile: bool = False,
         compile_backend: str = "inductor",
         compile_mode: str | None = None,
-        attention: str = "auto",
-        system_prompt: str = SYSTEM_PROMPT,
-        prompt: str = ANALYSIS_PROMPT,
     ) -> None:
-        if max_new_tokens < 1 or bucket < 1:
-            raise ValueError(f"max_new_tokens and bucket must be >= 1, got {max_new_tokens} and {bucket}")
-        self.model = model
+        self.config = config
+        # A peft wrapper's adapters live in the base model's layers: calling the base model runs them.
+        self.model = model.get_base_model() if isinstance(model, PeftModel) else model
         self.processor = processor
-        self.attention = set_vlm_attention(model, attention)
-        self.max_new_tokens = max_new_tokens
-        self.bucket = bucket
-        self.system_prompt = system_prompt
-        self.prompt = prompt
+        self.attention = set_vlm_attention(self.model, config.attention)
         tokenizer = processor.tokenizer
         unk = tokenizer.unk_token_id
         stop_ids = [i for i in tokenizer.convert_tokens_to_ids(list(STOP_TOKENS)) if i is not None and i != unk]
-        eos = model.generation_config.eos_token_id
+        eos = self.model.generation_config.eos_token_id
         stop_ids += [eos] if isinstance(eos, int) else list(eos or [])
         self.stop_ids = sorted(set(stop_ids))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.generator = StaticGenerator(
-            model,
+            self.model,
             stop_ids=self.stop_ids,
             pad_id=self.pad_id,
-            compile=compile,
+            compile=config.compile,
             backend=compile_backend,
             mode=compile_mode,
         )
 
+    @property
+    def bucket(self) -> int:
+        return self.config.bucket
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        """[V, D] the LM head's weight: with ``completion_states``, the inputs of ``spc_fast.rl_losses.grpo_loss``."""
+        return self.model.lm_head.weight
+
     def chat_text(self) -> str:
         """The prompt as the chat template renders it (one image placeholder before the instruction)."""
         messages = [
-            {"role": "system", "content": self.system_prompt},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]},
+            {"role": "system", "content": self.config.system_prompt},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.config.instruction}]},
         ]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def build_inputs(self, images: ImageInput, bucket: int | None = None) -> dict:
+    def build_inputs(self, images: ImageInput, bucket: int | None = None) -> dict[str, torch.Tensor]:
         """Processor outputs for a batch (left-padded, then padded on the left to a multiple of ``bucket``)."""
         arrays = _as_arrays(images)
         self.processor.tokenizer.padding_side = "left"
@@ -139,47 +117,67 @@ class ImageCritic:
         dtype = self.model.dtype
         return {k: v.to(device, dtype=dtype) if k == "pixel_values" else v.to(device) for k, v in inputs.items()}
 
-    def critique(
+    def critique(self, images: ImageInput) -> Judgement:
+        """One answer per image, decoded as the config says (greedy by default), with H_c and its mask."""
+        return self.sample(images).judgement
+
+    def score(self, images: ImageInput) -> torch.Tensor:
+        """(B,) float32 scores in [0, 100] read from each answer; NaN where no score could be parsed."""
+        return self.critique(images).scores
+
+    def sample(
         self,
         images: ImageInput,
         *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
         num_samples: int = 1,
+        temperature: float | None = None,
+        top_p: float | None = None,
         generator: torch.Generator | None = None,
         max_new_tokens: int | None = None,
-    ) -> Critique:
-        """Answer for each image (``num_samples`` answers each, consecutive); see ``Critique``."""
-        if temperature < 0 or not 0.0 < top_p <= 1.0 or num_samples < 1:
+    ) -> CriticRollout:
+        """``num_samples`` answers per image (consecutive: N = B·num_samples), with their tokens, log-probabilities
+        under the sampling distribution and the prompt inputs (``CriticRollout``). ``temperature`` 0 is greedy;
+        None takes the config's ``temperature``, ``top_p`` and ``max_new_tokens``; ``generator`` makes draws
+        repeatable."""
+        config = self.config
+        temperature = config.temperature if temperature is None else temperature
+        top_p = config.top_p if top_p is None else top_p
+        max_new_tokens = config.max_new_tokens if max_new_tokens is None else max_new_tokens
+        if temperature < 0 or not 0.0 < top_p <= 1.0 or num_samples < 1 or max_new_tokens < 1:
             raise ValueError(
-                f"need temperature >= 0, 0 < top_p <= 1, num_samples >= 1; got {temperature}, {top_p}, {num_samples}"
+                "need temperature >= 0, 0 < top_p <= 1, num_samples >= 1, max_new_tokens >= 1; got "
+                f"{temperature}, {top_p}, {num_samples}, {max_new_tokens}"
             )
         arrays = _as_arrays(images)
-        if num_samples > 1:
-            arrays = [a for a in arrays for _ in range(num_samples)]
+        arrays = [a for a in arrays for _ in range(num_samples)]
         inputs = self.build_inputs(arrays)
-        out = self.generator(
-            inputs,
-            max_new_tokens or self.max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            generator=generator,
-        )
+        out = self.generator(inputs, max_new_tokens, temperature=temperature, top_p=top_p, generator=generator)
+        tokens, lengths = out.tokens.cpu(), out.lengths.cpu()
+        last = tokens.gather(1, (lengths - 1)[:, None])[:, 0]  # each answer's last token: a stop token unless cut off
+        truncated = (~torch.isin(last, self.generator.stop_ids)).tolist()
         tokenizer = self.processor.tokenizer
         texts = [
             tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
-            for row, n in zip(out.tokens.cpu(), out.lengths.cpu().tolist(), strict=True)
+            for row, n in zip(tokens, lengths.tolist(), strict=True)
         ]
-        return Critique(
-            texts, [parse(t) for t in texts], out.tokens, out.lengths, out.hidden, out.mask, out.prompt_lengths
+        judgement = Judgement(
+            texts=texts, outputs=[parse(t) for t in texts], hidden=out.hidden, mask=out.mask, truncated=truncated
         )
+        return CriticRollout(judgement, out.tokens, out.lengths, out.logprobs, inputs)
 
-    def score(self, images: ImageInput, **options) -> torch.Tensor:
-        """(B,) float32 scores in [0, 100] read from each answer; NaN where no score could be parsed."""
-        critique = self.critique(images, **options)
-        return scores_of(critique.outputs)
+    def completion_states(self, rollout: CriticRollout) -> torch.Tensor:
+        """[N, T, D] last-layer states that predict each answer token of ``rollout`` under the current weights and
+        adapters (one teacher-forced forward, gradients enabled); see ``spc_fast.critic.policy``."""
+        return completion_states(self.model, rollout)
 
+    def token_logprobs(self, rollout: CriticRollout, temperature: float = 1.0) -> torch.Tensor:
+        """[N, T] float32 log-probabilities of the rollout's tokens under log_softmax(logits / temperature) with the
+        current weights (no gradient: GRPO's old and reference log-probs), 0 on pad."""
+        with torch.no_grad():
+            states = self.completion_states(rollout)
+        return completion_logprobs(states, self.lm_head_weight, rollout, temperature)
 
-def scores_of(outputs: Sequence[CriticOutput]) -> torch.Tensor:
-    """(B,) float32 parsed scores, NaN where ``score`` is None."""
-    return torch.tensor([np.nan if o.score is None else o.score for o in outputs], dtype=torch.float32)
+    def reference(self) -> AbstractContextManager[None]:
+        """Inside ``with critic.reference():`` the model runs with its LoRA adapters disabled: GRPO's reference
+        policy without a second copy of the weights. A no-op for a model without adapters."""
+        return adapters_disabled(self.model)

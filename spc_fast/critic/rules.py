@@ -30,22 +30,31 @@ from itertools import combinations
 import torch
 
 from spc_fast.critic import measures
-from spc_fast.critic.format import (
+from spc_fast.critic.vocabulary import (
     CONTRAST,
     ENHANCE_LOW_LIGHT,
     EXPOSURE,
     MAGNITUDES,
-    NEUTRAL_PARAMETERS,
     REMOVE_BLUR,
     REMOVE_HAZE,
     REMOVE_NOISE,
     SATURATION,
     TEMPERATURE,
     Suggestion,
-    retouch_parameters,
 )
+from spc_fast.executor import NEUTRAL_PARAMETERS, retouch_parameters
 
 DECISION_ORDER = (EXPOSURE, CONTRAST, SATURATION, TEMPERATURE)
+
+
+@dataclass
+class Decision:
+    """What the critic decided for one tone op of one image: the rule that fired (None: none did), the magnitudes
+    it suggests (empty: no step helps) and the executor parameter they give."""
+
+    rule: ToneRule | None = None
+    magnitudes: tuple[str, ...] = ()
+    value: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)

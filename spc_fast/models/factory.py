@@ -1,19 +1,31 @@
-"""Ready-to-run critic and artist: ``load_critic``/``load_artist`` from local directories (release weights) and
-``tiny_critic``/``tiny_artist`` (tiny random weights, the same classes) wrapped as ``ImageCritic``/``PhotoArtist``.
+"""Ready-to-run critic and artist from a config: ``build_critic(CriticConfig)`` and ``build_artist(ArtistConfig)``
+resolve the weights (a local directory, or ``"tiny"`` for tiny random weights of the same classes), the device and
+the dtype, and wrap the models as ``ImageCritic``/``PhotoArtist``. ``load_critic``/``load_artist`` (a directory)
+and ``tiny_critic``/``tiny_artist`` (the tiny models, the ``tiny`` preset's settings) call the same code.
 
-Defaults follow the device: CUDA when there is one, bfloat16 there and float32 on the CPU. ``compile=True`` compiles
-the critic's decode step and the artist's DiT; on CUDA with CUDA graphs (``mode="reduce-overhead"``).
+Defaults follow the device: CUDA when there is one, bfloat16 there and float32 on the CPU. ``compile`` compiles the
+critic's decode step and the artist's DiT; on CUDA with CUDA graphs (``mode="reduce-overhead"``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import torch
 
+from spc_fast.artist.lora import merge_lora
 from spc_fast.artist.model import PhotoArtist
+from spc_fast.config import PRESETS, TINY, ArtistConfig, CriticConfig
+from spc_fast.critic.format import render
 from spc_fast.critic.model import ImageCritic
+from spc_fast.critic.prompts import ANALYSIS_PROMPT, SYSTEM_PROMPT
+from spc_fast.critic.vocabulary import MAGNITUDES, OPS, RESTORATION_OPS, CriticOutput, Suggestion
 from spc_fast.models import qwen_image, qwen_vl
+
+DEFAULT_CRITIC = CriticConfig()
+DEFAULT_ARTIST = ArtistConfig()
 
 
 def default_device() -> torch.device:
@@ -25,76 +37,115 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """A config's device name as a torch device; None: CUDA when there is one, else the CPU."""
+    return torch.device(name) if name is not None else default_device()
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """A config's dtype name (``spc_fast.config.DTYPES``) as a torch dtype; None: ``default_dtype(device)``."""
+    return getattr(torch, name) if name is not None else default_dtype(device)
+
+
+def _placed(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # diffusers warns on every dtype cast through .to(); the tiny models are built where they usually run
+    if module.device == device and module.dtype == dtype:
+        return module
+    return module.to(device, dtype)
+
+
 def _compile_mode(device: torch.device) -> str | None:
     return "reduce-overhead" if device.type == "cuda" else None
 
 
-def critic_from(
-    model, processor, *, attention: str = "auto", compile: bool = False, max_new_tokens: int = 512
-) -> ImageCritic:
-    """``ImageCritic`` around a loaded Qwen2.5-VL and its processor."""
-    return ImageCritic(
-        model,
-        processor,
-        attention=attention,
-        compile=compile,
-        compile_mode=_compile_mode(model.device),
-        max_new_tokens=max_new_tokens,
-    )
+def _weights(config: CriticConfig | ArtistConfig, role: str) -> str:
+    if config.weights is None:
+        raise ValueError(
+            f"{role}.weights is not set: name a local model directory or {TINY!r} (tiny random weights); without "
+            f"weights the pipeline uses the weight-free {'analytic critic' if role == 'critic' else 'rule artist'}"
+        )
+    return config.weights
 
 
-def artist_from(transformer, vae, scheduler, *, attention: str = "auto", compile: bool = False) -> PhotoArtist:
-    """``PhotoArtist`` around loaded components (real-valued RoPE, compiled DiT on request)."""
-    artist = PhotoArtist(transformer, vae, scheduler, attention=attention)
-    if compile:
-        mode = _compile_mode(transformer.device)
-        artist.compile(**({"mode": mode} if mode else {}))
-    return artist
+def critic_from(model, processor, config: CriticConfig = DEFAULT_CRITIC) -> ImageCritic:
+    """``ImageCritic`` around a Qwen2.5-VL already on its device and dtype, and its processor."""
+    return ImageCritic(model, processor, config, compile_mode=_compile_mode(model.device))
 
 
-def load_critic(
-    path: str | Path,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    attention: str = "auto",
-    compile: bool = False,
-    max_new_tokens: int = 512,
-) -> ImageCritic:
-    """The critic of a release directory (``vlm/``, optional ``vlm_lora/``) on ``device``; never downloads."""
-    device = torch.device(device) if device is not None else default_device()
-    model, processor = qwen_vl.load_critic(path, dtype=dtype or default_dtype(device), device=device)
-    return critic_from(model, processor, attention=attention, compile=compile, max_new_tokens=max_new_tokens)
+def artist_from(transformer, vae, scheduler, config: ArtistConfig = DEFAULT_ARTIST) -> PhotoArtist:
+    """``PhotoArtist`` around components already on their device and dtype."""
+    return PhotoArtist(transformer, vae, scheduler, config, compile_mode=_compile_mode(transformer.device))
 
 
-def load_artist(
-    path: str | Path,
-    *,
-    release: str | Path | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    attention: str = "auto",
-    compile: bool = False,
-) -> PhotoArtist:
-    """The artist of a diffusers Qwen-Image-Edit-2509 directory (plus ``dit.safetensors``/``dit_lora/`` from
-    ``release``, default ``path``) on ``device``; a LoRA is merged for inference. Never downloads."""
-    device = torch.device(device) if device is not None else default_device()
-    transformer, vae, scheduler = qwen_image.load_artist(
-        path, dtype or default_dtype(device), release=release, device=device
-    )
-    if getattr(transformer, "peft_config", None):
-        from spc_fast.artist.lora import merge_lora
-
-        merge_lora(transformer)
-    return artist_from(transformer, vae, scheduler, attention=attention, compile=compile)
+def _critic(config: CriticConfig, seed: int) -> ImageCritic:
+    weights = _weights(config, "critic")
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if weights == TINY:
+        model, processor = qwen_vl.build_tiny_critic(seed, corpus=tiny_critic_corpus())
+        model = _placed(model, device, dtype)
+    else:
+        model, processor = qwen_vl.load_critic(weights, dtype=dtype, device=device)
+    return critic_from(model, processor, config)
 
 
-def tiny_critic(seed: int = 0, *, max_new_tokens: int = 32, **options) -> ImageCritic:
-    """A tiny random-weight Qwen2.5-VL critic (float32, CPU) with its offline tokenizer and processor."""
-    model, processor = qwen_vl.build_tiny_critic(seed)
-    return critic_from(model, processor, max_new_tokens=max_new_tokens, **options)
+def _artist(config: ArtistConfig, seed: int) -> PhotoArtist:
+    weights = _weights(config, "artist")
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    if weights == TINY:
+        transformer, vae, scheduler = qwen_image.tiny_artist_components(seed)
+        transformer, vae = _placed(transformer, device, dtype), _placed(vae, device, dtype)
+    else:
+        transformer, vae, scheduler = qwen_image.load_artist(weights, dtype, release=config.release, device=device)
+        if getattr(transformer, "peft_config", None):
+            merge_lora(transformer)
+    return artist_from(transformer, vae, scheduler, config)
 
 
-def tiny_artist(seed: int = 0, **options) -> PhotoArtist:
-    """A tiny random-weight Qwen-Image-Edit artist (float32, CPU) that takes ``tiny_critic``'s H_c."""
-    return artist_from(*qwen_image.tiny_artist_components(seed), **options)
+def build_critic(config: CriticConfig) -> ImageCritic:
+    """The critic ``config`` names: ``weights`` a release directory (``vlm/``, optional ``vlm_lora/``, merged) or
+    ``"tiny"``, on ``config.device`` in ``config.dtype``. Never downloads."""
+    return _critic(config, seed=0)
+
+
+def build_artist(config: ArtistConfig) -> PhotoArtist:
+    """The artist ``config`` names: ``weights`` a diffusers Qwen-Image-Edit-2509 directory (plus ``dit.safetensors``/
+    ``dit_lora/`` from ``config.release``, default the same directory; a LoRA is merged for inference) or ``"tiny"``,
+    on ``config.device`` in ``config.dtype``. Never downloads."""
+    return _artist(config, seed=0)
+
+
+def load_critic(path: str | Path, config: CriticConfig | None = None) -> ImageCritic:
+    """The critic of a release directory, with ``config``'s other settings (default ``CriticConfig()``)."""
+    return _critic(dataclasses.replace(config or DEFAULT_CRITIC, weights=os.fspath(path)), seed=0)
+
+
+def load_artist(path: str | Path, config: ArtistConfig | None = None) -> PhotoArtist:
+    """The artist of a diffusers directory, with ``config``'s other settings (default ``ArtistConfig()``)."""
+    return _artist(dataclasses.replace(config or DEFAULT_ARTIST, weights=os.fspath(path)), seed=0)
+
+
+def tiny_critic_corpus() -> list[str]:
+    """What the tiny critic's tokenizer is trained on: the critic's prompts and rendered answers over every op and
+    magnitude, so that prompts and answers take few tokens."""
+    answers = []
+    for i, op in enumerate(OPS):
+        direction = 1 if op in RESTORATION_OPS or i % 2 == 0 else -1
+        for j, magnitude in enumerate(MAGNITUDES):
+            reasoning = f"1. The exposure is {magnitude} off. 2. Colours look {'warm' if j else 'cool'}."
+            output = CriticOutput(reasoning, [Suggestion(op, direction, magnitude)], float(10 * i + j), [])
+            answers.append(render(output))
+    return [SYSTEM_PROMPT, ANALYSIS_PROMPT, *answers, "0123456789 /100 %.,;:!?"] * 4
+
+
+def tiny_critic(seed: int = 0, config: CriticConfig | None = None) -> ImageCritic:
+    """A tiny random-weight Qwen2.5-VL critic (weights drawn from ``seed``) with its offline tokenizer and processor;
+    ``config`` defaults to the ``tiny`` preset's (float32 on the CPU, short answers)."""
+    return _critic(dataclasses.replace(config or PRESETS[TINY].critic, weights=TINY), seed)
+
+
+def tiny_artist(seed: int = 0, config: ArtistConfig | None = None) -> PhotoArtist:
+    """A tiny random-weight Qwen-Image-Edit artist that takes ``tiny_critic``'s H_c; ``config`` defaults to the
+    ``tiny`` preset's (float32 on the CPU, few steps, small images)."""
+    return _artist(dataclasses.replace(config or PRESETS[TINY].artist, weights=TINY), seed)

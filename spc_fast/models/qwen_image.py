@@ -2,7 +2,7 @@
 
 The classes are diffusers' own (`QwenImageTransformer2DModel`, `AutoencoderKLQwenImage`,
 `FlowMatchEulerDiscreteScheduler`); this module only holds their configurations and the local-directory loader.
-Nothing here downloads: every `from_pretrained` runs with `local_files_only=True`.
+Nothing here downloads: configs and weights are read from local files only.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Q
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
+
+from spc_fast.artist.lora import LORA_ALPHA, LORA_RANK, LORA_TARGETS, lora_config  # noqa: F401 (re-exported)
+from spc_fast.models.weights import ModuleT, build_empty, load_weights, weight_files
 
 # Qwen-Image-Edit-2509 transformer/config.json (the DiT of the public release). These three configs were checked
 # value by value against public copies of the release's files (2026-11); 2509 has no zero_cond_t (that is 2511's).
@@ -69,21 +72,13 @@ TINY_DIT_CONFIG: dict = dict(DIT_CONFIG, num_layers=2, attention_head_dim=16, nu
                              joint_attention_dim=64, axes_dims_rope=(4, 6, 6))
 TINY_VAE_CONFIG: dict = dict(VAE_CONFIG, base_dim=8, num_res_blocks=1)
 
-# SPEC.md §6: the release's DiT LoRA.
-LORA_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj",
-                                 "to_add_out")
-LORA_RANK = 32
-LORA_ALPHA = 64
+_WEIGHTS = "diffusion_pytorch_model"
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
 
 def dit_config(num_layers: int | None = None) -> dict:
     """The release DiT config, optionally with fewer (or more) layers for benchmarks at full width."""
     return dict(DIT_CONFIG) if num_layers is None else dict(DIT_CONFIG, num_layers=num_layers)
-
-
-def lora_config(rank: int = LORA_RANK, alpha: int = LORA_ALPHA) -> LoraConfig:
-    """The release's DiT LoRA config (SPEC.md §6): r=32, alpha=64, gaussian init, the eight attention projections."""
-    return LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(LORA_TARGETS))
 
 
 def build_dit(num_layers: int | None = None, dtype: torch.dtype = torch.bfloat16,
@@ -103,31 +98,27 @@ def tiny_artist_components(seed: int = 0) -> tuple[QwenImageTransformer2DModel, 
     return transformer, vae, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
 
 
-def _missing_files(base: Path) -> list[str]:
+def _missing_files(base: Path, *, transformer_weights: bool) -> list[str]:
     missing = []
-    for sub, weights in (("transformer", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model")):
+    for sub in ("transformer", "vae"):
         if not (base / sub / "config.json").is_file():
             missing.append(f"{sub}/config.json")
-        if not any((base / sub / f"{weights}{ext}").is_file() for ext in (".safetensors", ".safetensors.index.json")):
-            missing.append(f"{sub}/{weights}.safetensors (or its .index.json shards)")
+        needed = transformer_weights or sub == "vae"
+        if needed and not any((base / sub / f"{_WEIGHTS}{ext}").is_file() for ext in _WEIGHT_SUFFIXES):
+            missing.append(f"{sub}/{_WEIGHTS}.safetensors (or its .index.json shards)")
     if not (base / "scheduler" / "scheduler_config.json").is_file():
         missing.append("scheduler/scheduler_config.json")
     return missing
 
 
-def load_dit_weights(transformer: QwenImageTransformer2DModel, path: str | Path) -> None:
-    """Replace the transformer's weights with a release `dit.safetensors`; every key must match."""
-    state = load_file(str(path))
-    expected = transformer.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or wrong:
-        raise ValueError(
-            f"{path} does not match the DiT config: {len(missing)} missing keys {missing[:8]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:8]}, {len(wrong)} shape mismatches {wrong[:8]}; "
-            "check that it is the Qwen-Image-Edit DiT and that transformer/config.json is the release's")
-    transformer.load_state_dict(state, strict=True)
+def _load_component(cls: type[ModuleT], directory: Path, files: list[Path], dtype: torch.dtype,
+                    device: torch.device | str, hint: str) -> ModuleT:
+    """``cls`` built from ``directory/config.json`` without memory, then filled from ``files`` (each tensor once)."""
+    config = cls.load_config(directory)
+    model = build_empty(lambda: cls.from_config(config))
+    load_weights(model, files, dtype=dtype, device=device, hint=hint)
+    model.register_to_config(_name_or_path=str(directory))
+    return model.eval()
 
 
 def _strip_lora_key(key: str) -> str:
@@ -167,30 +158,35 @@ def load_lora(transformer: QwenImageTransformer2DModel, directory: str | Path, a
 def load_artist(path: str | Path, dtype: torch.dtype = torch.bfloat16, *, release: str | Path | None = None,
                 device: torch.device | str = "cpu") -> tuple[QwenImageTransformer2DModel, AutoencoderKLQwenImage,
                                                                FlowMatchEulerDiscreteScheduler]:
-    """Load transformer, VAE and scheduler from a local diffusers Qwen-Image-Edit-2509 directory.
+    """Load transformer, VAE and scheduler from a local diffusers Qwen-Image-Edit-2509 directory onto ``device``.
 
-    `release` (default: `path` itself) may hold the release layout: `dit.safetensors` replaces the transformer's
-    weights, `dit_lora/` is added as the peft adapter "default". Never downloads.
+    `release` (default: `path` itself) may hold the release layout: its `dit.safetensors` is read instead of the
+    diffusers transformer weights (which may then be absent), `dit_lora/` is added as the peft adapter "default".
+    Each model is built without memory and each tensor is read once, so peak host memory is about one copy of the
+    weights. Never downloads.
     """
     base = Path(path)
     if not base.is_dir():
         raise ValueError(f"artist directory {base} does not exist; pass a local Qwen-Image-Edit-2509 diffusers dir")
-    missing = _missing_files(base)
-    if missing:
-        raise ValueError(f"artist directory {base} is incomplete, missing: {', '.join(missing)}")
-    transformer = QwenImageTransformer2DModel.from_pretrained(base / "transformer", torch_dtype=dtype,
-                                                              local_files_only=True)
-    vae = AutoencoderKLQwenImage.from_pretrained(base / "vae", torch_dtype=dtype, local_files_only=True)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base / "scheduler", local_files_only=True)
     extra = Path(release) if release is not None else base
     if release is not None and not extra.is_dir():
         raise ValueError(f"release directory {extra} does not exist")
-    if (extra / "dit.safetensors").is_file():
-        load_dit_weights(transformer, extra / "dit.safetensors")
+    dit = extra / "dit.safetensors"
+    missing = _missing_files(base, transformer_weights=not dit.is_file())
+    if missing:
+        raise ValueError(f"artist directory {base} is incomplete, missing: {', '.join(missing)} "
+                         f"(the transformer's weights may instead be dit.safetensors in the release directory)")
+    dit_files = [dit] if dit.is_file() else weight_files(base / "transformer", _WEIGHTS)
+    transformer = _load_component(QwenImageTransformer2DModel, base / "transformer", dit_files, dtype, device,
+                                  "check that it is the Qwen-Image-Edit DiT and that transformer/config.json is the "
+                                  "release's")
+    vae = _load_component(AutoencoderKLQwenImage, base / "vae", weight_files(base / "vae", _WEIGHTS), dtype, device,
+                          "check that vae/config.json belongs to these weights")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base / "scheduler", local_files_only=True)
     if (extra / "dit_lora").is_dir():
         load_lora(transformer, extra / "dit_lora")
         transformer.to(dtype)
-    return transformer.to(device).eval(), vae.to(device).eval(), scheduler
+    return transformer, vae, scheduler
 
 
 def save_artist(directory: str | Path, transformer: QwenImageTransformer2DModel, vae: AutoencoderKLQwenImage,

@@ -8,16 +8,20 @@ its processor files) and optionally ``vlm_lora/`` (a peft adapter, merged on loa
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import transformers
 from transformers import (
+    GenerationConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
     Qwen2VLImageProcessor,
 )
+
+from spc_fast.models.weights import build_empty, load_weights, weight_files
 
 # Qwen2.5's special tokens in the release's id order (their ids follow the 151643 regular tokens).
 SPECIAL_TOKENS = (
@@ -62,6 +66,7 @@ _MODEL_FILES = ("config.json",)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json")
 _LORA_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_LEGACY_PREFIXES = (("visual.", "model.visual."), ("model.", "model.language_model."))
 
 
 def qwen2_5_vl_7b_config(num_layers: int | None = None, vision_depth: int | None = None) -> Qwen2_5_VLConfig:
@@ -114,13 +119,11 @@ def qwen2_5_vl_7b_config(num_layers: int | None = None, vision_depth: int | None
     )
 
 
-def tiny_tokenizer(corpus: list[str] | None = None, vocab_size: int = 1024) -> transformers.PreTrainedTokenizerFast:
-    """A real byte-level BPE (``tokenizers``) trained offline on ``corpus`` (default: the critic prompt and rendered
-    answers), with Qwen's special tokens appended after the regular vocabulary and a ChatML chat template."""
+def tiny_tokenizer(corpus: Sequence[str], vocab_size: int = 1024) -> transformers.PreTrainedTokenizerFast:
+    """A real byte-level BPE (``tokenizers``) trained offline on ``corpus`` (the texts the critic will read and write),
+    with Qwen's special tokens appended after the regular vocabulary and a ChatML chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if corpus is None:
-        corpus = _default_corpus()
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -138,20 +141,6 @@ def tiny_tokenizer(corpus: list[str] | None = None, vocab_size: int = 1024) -> t
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
-
-
-def _default_corpus() -> list[str]:
-    from spc_fast.critic import format as fmt
-    from spc_fast.critic.model import ANALYSIS_PROMPT, SYSTEM_PROMPT
-
-    answers = []
-    for i, op in enumerate(fmt.OPS):
-        direction = 1 if op in fmt.RESTORATION_OPS or i % 2 == 0 else -1
-        for j, magnitude in enumerate(fmt.MAGNITUDES):
-            suggestion = fmt.Suggestion(op, direction, magnitude)
-            reasoning = f"1. The exposure is {magnitude} off. 2. Colours look {'warm' if j else 'cool'}."
-            answers.append(fmt.render(fmt.CriticOutput(reasoning, [suggestion], float(10 * i + j), [])))
-    return [SYSTEM_PROMPT, ANALYSIS_PROMPT, *answers, "0123456789 /100 %.,;:!?"] * 4
 
 
 def tiny_image_processor() -> Qwen2VLImageProcessor:
@@ -204,23 +193,26 @@ def tiny_critic_config(vocab_size: int, token_ids: dict[str, int]) -> Qwen2_5_VL
     )
 
 
-def tiny_processor() -> Qwen2_5_VLProcessor:
-    """The real Qwen2.5-VL processor classes around the tiny tokenizer and the capped image processor."""
+def tiny_processor(corpus: Sequence[str]) -> Qwen2_5_VLProcessor:
+    """The real Qwen2.5-VL processor classes around the tiny tokenizer (trained on ``corpus``) and the capped image
+    processor."""
     from transformers import Qwen2VLVideoProcessor
 
     return Qwen2_5_VLProcessor(
         image_processor=tiny_image_processor(),
-        tokenizer=tiny_tokenizer(),
+        tokenizer=tiny_tokenizer(corpus),
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=CHAT_TEMPLATE,
     )
 
 
 def build_tiny_critic(
-    seed: int = 0, attn_implementation: str = "sdpa"
+    seed: int = 0, attn_implementation: str = "sdpa", *, corpus: Sequence[str]
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """A tiny random-weight ``Qwen2_5_VLForConditionalGeneration`` (float32, eval mode) and its processor."""
-    processor = tiny_processor()
+    """A tiny random-weight ``Qwen2_5_VLForConditionalGeneration`` (float32, eval mode) and its processor, whose
+    tokenizer is trained on ``corpus`` (``spc_fast.models.factory.tiny_critic_corpus()``: the critic's prompts and
+    answers)."""
+    processor = tiny_processor(corpus)
     tokenizer = processor.tokenizer
     vocab = -(-len(tokenizer) // 64) * 64
     config = tiny_critic_config(vocab, {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS})
@@ -272,6 +264,17 @@ def missing_files(path: str | Path) -> list[str]:
     return missing
 
 
+def checkpoint_key(key: str) -> str:
+    """The model's name for a checkpoint key: files written by transformers before 4.52 (the release's, and the
+    ones ``save_pretrained`` still writes) name the text model ``model.*`` and the vision tower ``visual.*``."""
+    if key.startswith(("model.language_model.", "model.visual.")):
+        return key
+    for old, new in _LEGACY_PREFIXES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def load_critic(
     path: str | Path,
     dtype: torch.dtype = torch.bfloat16,
@@ -279,7 +282,9 @@ def load_critic(
     device: str | torch.device | None = None,
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
     """Load a critic in the release layout from a local directory only (never a hub download); a ``vlm_lora/``
-    adapter is merged into the weights. Raises FileNotFoundError listing every missing file."""
+    adapter is merged into the weights. The model is built without memory and each tensor of ``vlm/`` is read once
+    into it on ``device`` (default: the CPU). Raises FileNotFoundError listing every missing file and ValueError
+    naming the keys that do not match the config."""
     root = Path(os.fspath(path)).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
@@ -293,22 +298,19 @@ def load_critic(
             f"{VLM_DIR}/ with a transformers save of Qwen2_5_VLForConditionalGeneration and its processor, "
             f"optionally {VLM_LORA_DIR}/ with a peft adapter"
         )
-    model, loading = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        root / VLM_DIR,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        local_files_only=True,
-        output_loading_info=True,
-    )
-    bad = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
-    if bad:
-        details = "; ".join(f"{k}: {sorted(map(str, v))[:10]}" for k, v in bad.items())
-        raise ValueError(f"critic weights in {root / VLM_DIR} do not match the config: {details}")
+    vlm = root / VLM_DIR
+    config = Qwen2_5_VLConfig.from_pretrained(vlm, local_files_only=True)
+    config._attn_implementation = attn_implementation
+    for part in (config, config.text_config, config.vision_config):
+        part.dtype = dtype
+    model = build_empty(lambda: Qwen2_5_VLForConditionalGeneration(config))
+    load_weights(model, weight_files(vlm, "model"), dtype=dtype, device=device or "cpu", rename=checkpoint_key,
+                 hint=f"check that {vlm} holds the weights of its config.json")
+    if (vlm / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(vlm, local_files_only=True)
     if (root / VLM_LORA_DIR).is_dir():
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, root / VLM_LORA_DIR, local_files_only=True).merge_and_unload()
-    processor = Qwen2_5_VLProcessor.from_pretrained(root / VLM_DIR, local_files_only=True)
-    if device is not None:
-        model = model.to(device)
+    processor = Qwen2_5_VLProcessor.from_pretrained(vlm, local_files_only=True)
     return model.eval(), processor

@@ -1,0 +1,245 @@
+"""Every default of spc-fast in one place: keyword-only dataclasses for the critic, the artist and the pipeline,
+named presets, TOML files and ``key=value`` overrides.
+
+A run's configuration is resolved once, at the boundary (``resolve``: preset, then file, then overrides), and
+logged with the run; the command line only maps its flags onto these fields. Nothing here imports torch: dtypes
+and devices are names (``"bfloat16"``, ``"cuda:1"``) that the model factory turns into torch objects.
+
+TOML mirrors the dataclass tree::
+
+    rescore = true
+    [critic]
+    weights = "/models/smartphotocrafter"
+    max_new_tokens = 1280
+    [artist]
+    weights = "/models/Qwen-Image-Edit-2509"
+    steps = 20
+
+and an override names a field by its path, its value in TOML syntax (bare strings allowed):
+``critic.attention=sdpa``, ``artist.steps=8``, ``critic.device=none``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from spc_fast.critic.prompts import ANALYSIS_PROMPT, SYSTEM_PROMPT
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ATTENTION_BACKENDS = ("auto", "sdpa", "flash", "xformers")
+DTYPES = ("bfloat16", "float16", "float32")
+TINY = "tiny"  # a weights value: the tiny random-weight model of the real class (tests, benchmarks, demos)
+RELEASE_PIXELS = 1024 * 1024  # the artist works at about 1 MP (SPEC.md §6)
+
+Config = TypeVar("Config")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _check_model_options(section: str, attention: str, dtype: str | None) -> None:
+    _check(
+        attention in ATTENTION_BACKENDS, f"{section}.attention must be one of {ATTENTION_BACKENDS}, got {attention!r}"
+    )
+    _check(dtype is None or dtype in DTYPES, f"{section}.dtype must be one of {DTYPES} or none, got {dtype!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CriticConfig:
+    """The image critic. ``weights``: a release directory (``vlm/``, optional ``vlm_lora/``), ``"tiny"``, or None for
+    the weight-free analytic critic. Decoding follows the release: greedy, at most 1280 new tokens (SPEC.md §6)."""
+
+    weights: str | None = None
+    max_new_tokens: int = 1280
+    bucket: int = 64  # prompts are left-padded to a multiple of this, so prefill shapes repeat
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    attention: str = "auto"
+    compile: bool = False
+    device: str | None = None  # None: cuda when available
+    dtype: str | None = None  # None: bfloat16 on CUDA, float32 on the CPU
+    system_prompt: str = SYSTEM_PROMPT
+    instruction: str = ANALYSIS_PROMPT
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, f"critic.max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        _check(self.bucket >= 1, f"critic.bucket must be at least 1, got {self.bucket}")
+        _check(self.temperature >= 0, f"critic.temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        _check(0 < self.top_p <= 1, f"critic.top_p must be in (0, 1], got {self.top_p}")
+        _check_model_options("critic", self.attention, self.dtype)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArtistConfig:
+    """The photographic artist. ``weights``: a diffusers Qwen-Image-Edit-2509 directory (``release``: where
+    ``dit.safetensors``/``dit_lora/`` are, default ``weights``), ``"tiny"``, or None for the rule executor."""
+
+    weights: str | None = None
+    release: str | None = None
+    steps: int = 20
+    guidance: float = 1.0
+    pixels: int = RELEASE_PIXELS  # generated at about this many pixels, sides multiples of 16
+    seed: int = 0  # each image's noise comes from this and the image's pixels
+    attention: str = "auto"
+    compile: bool = False
+    real_rope: bool = True  # complex-free RoPE: compiles and exports
+    tiled_decode_pixels: int = 2 * RELEASE_PIXELS  # larger outputs are VAE-decoded in tiles
+    device: str | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, f"artist.steps must be at least 1, got {self.steps}")
+        _check(self.guidance >= 1.0, f"artist.guidance must be >= 1 (1 disables guidance), got {self.guidance}")
+        _check(self.pixels >= 256, f"artist.pixels must be at least 256, got {self.pixels}")
+        _check_model_options("artist", self.attention, self.dtype)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """Critic + artist. ``rescore`` runs the critic again on every edit (for the score after and the rank reward):
+    with the neural critic that is a second 7B generation per image, so it is opt-in."""
+
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    artist: ArtistConfig = field(default_factory=ArtistConfig)
+    rescore: bool = False
+    batch_size: int = 1  # files that go through the pipeline together
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        _check(
+            self.artist.weights is None or self.critic.weights is not None,
+            "the diffusion artist is conditioned on the neural critic's hidden states: set critic.weights too",
+        )
+
+
+PRESETS: dict[str, PipelineConfig] = {
+    "analytic": PipelineConfig(),
+    TINY: PipelineConfig(
+        critic=CriticConfig(weights=TINY, max_new_tokens=32, device="cpu", dtype="float32"),
+        artist=ArtistConfig(weights=TINY, steps=2, pixels=64 * 64, device="cpu", dtype="float32"),
+    ),
+}
+
+
+# ---- reading and overriding -----------------------------------------------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(path: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type, or a ValueError naming the field and the type it takes."""
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    options = typing.get_args(hint) if union else ()
+    if options:
+        none = value is None or (isinstance(value, str) and value.lower() == "none")
+        if none and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(path, value, option)
+            except ValueError:
+                continue
+        raise ValueError(f"{path}: {value!r} is not a {' or '.join(getattr(o, '__name__', str(o)) for o in options)}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{path}: expected a table of {hint.__name__} fields, got {value!r}")
+        return from_dict(hint, value, prefix=f"{path}.")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"{path}: unsupported field type {hint!r}")
+    raise ValueError(f"{path}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def from_dict(cls: type[Config], data: Mapping[str, Any], *, prefix: str = "") -> Config:
+    """A ``cls`` from a (nested) mapping of its fields; unknown keys and wrong types are errors naming the key."""
+    hints = _hints(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ValueError(f"unknown setting {prefix}{unknown[0]}; {cls.__name__} has {', '.join(sorted(hints))}")
+    return cls(**{name: _coerce(prefix + name, value, hints[name]) for name, value in data.items()})
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The config as plain data (what a run logs, and what ``from_dict`` reads back)."""
+    return dataclasses.asdict(config)
+
+
+def load_toml(cls: type[Config], path: str | Path) -> Config:
+    """A ``cls`` from a TOML file (tables for nested configs)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the config file ({error.strerror or error})") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML: {error}") from error
+    try:
+        return from_dict(cls, data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string: paths, backend names
+
+
+def override(config: Config, assignments: Iterable[str]) -> Config:
+    """``config`` with each ``dotted.path=value`` applied in order (values in TOML syntax, bare strings allowed)."""
+    data = to_dict(config)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {assignment!r}: write it as key=value, e.g. artist.steps=8")
+        *parents, name = key.strip().split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {assignment!r}: {part!r} is not a section of {type(config).__name__}")
+            node = node[part]
+        if isinstance(node.get(name), dict):
+            raise ValueError(f"override {assignment!r}: {key.strip()!r} is a section; set one of its fields")
+        if name not in node:
+            raise ValueError(f"override {assignment!r}: no setting {key.strip()!r}; known: {', '.join(sorted(node))}")
+        node[name] = _parse_value(text.strip())
+    return from_dict(type(config), data)
+
+
+def resolve(
+    preset: str = "analytic", *, file: str | Path | None = None, overrides: Iterable[str] = ()
+) -> PipelineConfig:
+    """The pipeline config of a named preset, replaced by ``file`` when given, then ``overrides`` applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    config = load_toml(PipelineConfig, file) if file is not None else PRESETS[preset]
+    return override(config, overrides)
