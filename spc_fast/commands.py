@@ -96,9 +96,11 @@ def run_enhance(args: argparse.Namespace, config: PipelineConfig) -> int:
         batch_size=config.batch_size,
     )
     for item in result.written:
-        score, after = item["critique"]["score"], item["score_after"]
+        score = f"score {_score(item['critique']['score'])}"
+        if config.rescore:
+            score += f" -> {_score(item['score_after'])}"
         edits = "; ".join(item["critique"]["suggestions"]) or "no edit"
-        print(f"{item['input']} -> {item['output']}: score {_score(score)} -> {_score(after)}; {edits}")
+        print(f"{item['input']} -> {item['output']}: {score}; {edits}")
         if item.get("truncated"):
             print(f"{PROG}: warning: {item['input']}: the critic's answer hit the token limit and was cut off",
                   file=sys.stderr)

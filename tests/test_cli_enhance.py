@@ -76,6 +76,7 @@ def test_enhance_folder_with_report(photo_dir, tmp_path, capsys):
     assert payload["failures"] == [] and len(payload["images"]) == 3
     assert payload["critic"] == "AnalyticCritic" and payload["critic_config"]["sample_pixels"] == 16384
     assert payload["config"]["rescore"] is True and payload["config"]["critic"]["weights"] is None
+    assert stdout.count(": score 100 -> 100; no edit") == 1 and stdout.count(" -> ") == 6  # path -> out, before -> after
     by_name = {Path(item["input"]).name: item for item in payload["images"]}
     chelsea = by_name["chelsea.jpg"]
     assert chelsea["output"] == str(out / "chelsea.jpg") and chelsea["width"] == 96

@@ -70,7 +70,8 @@ def test_enhance_with_neural_critic_and_artist(models, photo, tmp_path, capsys):
     assert set(critique) == {"reasoning", "suggestions", "score", "errors"}
     # random weights answer nonsense: the parser reports what is missing instead of failing
     assert critique["errors"] and record["rewards"]["format"] == 0.0
-    assert "score ? -> ?" in stdout
+    assert "score ?;" in stdout  # no parseable score, and no re-scoring unless --rescore
+    assert record["truncated"] == ("cut off" in err)
 
 
 def test_critique_with_neural_critic(models, photo, capsys):
