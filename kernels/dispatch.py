@@ -22,13 +22,14 @@ from collections.abc import Iterator
 
 import torch
 
+from spc_fast.notices import say_once
+
 SETTINGS = ("auto", "triton", "torch")
 SETTING_ENV = "SPC_FAST_KERNELS"
 DISABLE_ENV = "SPC_FAST_DISABLE_TRITON"
 _TRUE = {"1", "true", "yes", "on"}
 
 logger = logging.getLogger(__name__)
-_noticed: set[str] = set()
 launches: collections.Counter[tuple[str, str]] = collections.Counter()
 
 
@@ -121,9 +122,7 @@ def backend_name(*tensors: torch.Tensor, op: str = "kernel") -> str:
 
 def notice(message: str) -> None:
     """Log ``message`` as a warning once per process (a fallback is said once, not per call)."""
-    if message not in _noticed:
-        _noticed.add(message)
-        logger.warning(message)
+    say_once(logger, message)
 
 
 def record_launch(kernel) -> None:

@@ -55,11 +55,11 @@ class DiffusionArtist:
     """Edits with a ``PhotoArtist`` conditioned on the neural critic's H_c: images of one size go through the sampler
     as one batch (generated at about ``config.pixels``, sides multiples of 16) and come back at their input size and
     dtype. Each image's noise is seeded by ``image_seed(image, config.seed)``, so an image gets the same edit whatever
-    batch or order it comes in."""
+    batch or order it comes in. ``config`` defaults to the ``PhotoArtist``'s own."""
 
     def __init__(self, artist, config: ArtistConfig | None = None) -> None:
         self.artist = artist
-        self.config = config or ArtistConfig()
+        self.config = config or artist.config
 
     def edit(self, images: Images, judgement: Judgement) -> list[torch.Tensor]:
         image_list = as_image_list(images)

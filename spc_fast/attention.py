@@ -21,6 +21,7 @@ import logging
 import torch
 
 from spc_fast.config import ATTENTION_BACKENDS
+from spc_fast.notices import say_once
 
 BACKENDS = ATTENTION_BACKENDS
 DIFFUSERS_BACKEND = {"sdpa": "native", "flash": "flash", "xformers": "xformers"}
@@ -32,7 +33,6 @@ _INSTALL = {"flash": "pip install 'spc-fast[gpu]' (flash-attn builds against the
             "xformers": "pip install xformers (a wheel built for the installed torch)"}
 
 logger = logging.getLogger(__name__)
-_noticed: set[str] = set()
 
 
 def unusable_reason(backend: str, device: torch.device | str, dtype: torch.dtype) -> str | None:
@@ -85,9 +85,7 @@ def resolve(requested: str, device: torch.device | str, dtype: torch.dtype) -> s
 
 def notice(message: str, level: int = logging.WARNING) -> None:
     """Log ``message`` once per process (which backend runs and why; not repeated per model or batch)."""
-    if message not in _noticed:
-        _noticed.add(message)
-        logger.log(level, message)
+    say_once(logger, message, level)
 
 
 def set_dit_attention(transformer, requested: str) -> str:

@@ -101,8 +101,13 @@ class ArtistConfig:
     dtype: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1, f"artist.steps must be at least 1, got {self.steps}")
-        _check(self.guidance >= 1.0, f"artist.guidance must be >= 1 (1 disables guidance), got {self.guidance}")
+        # the release scheduler's terminal stretch needs two sigmas
+        _check(self.steps >= 2, f"artist.steps must be at least 2, got {self.steps}")
+        _check(
+            self.guidance == 1.0,
+            f"artist.guidance must be 1.0 (the release's), got {self.guidance}: classifier-free guidance needs a "
+            "negative prompt's H_c, which the pipeline does not produce (PhotoArtist.edit takes one directly)",
+        )
         _check(self.pixels >= 256, f"artist.pixels must be at least 256, got {self.pixels}")
         _check_model_options("artist", self.attention, self.dtype)
 
@@ -193,7 +198,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def load_toml(cls: type[Config], path: str | Path) -> Config:
-    """A ``cls`` from a TOML file (tables for nested configs)."""
+    """A ``cls`` from a TOML file (tables for nested configs); ``dict`` gives the file's table as it is."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -201,17 +206,33 @@ def load_toml(cls: type[Config], path: str | Path) -> Config:
         raise ValueError(f"{path}: cannot read the config file ({error.strerror or error})") from error
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML: {error}") from error
+    if cls is dict:
+        return data
     try:
         return from_dict(cls, data)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, hint: Any) -> Any:
+    """``text`` in TOML syntax; a bare string (paths, backend names) as it is, and a string field's value as written
+    unless quoted (``critic.weights=2509`` is the folder "2509", not a number)."""
+    string_field = hint is str or (typing.get_origin(hint) in (typing.Union, types.UnionType)
+                                   and str in typing.get_args(hint))
+    if string_field and not text.startswith(('"', "'")) and text.lower() != "none":
+        return text
     try:
         return tomllib.loads(f"value = {text}")["value"]
     except tomllib.TOMLDecodeError:
-        return text  # a bare string: paths, backend names
+        return text
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update``'s values laid over it, tables merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def override(config: Config, assignments: Iterable[str]) -> Config:
@@ -222,24 +243,29 @@ def override(config: Config, assignments: Iterable[str]) -> Config:
         if not sep or not key.strip():
             raise ValueError(f"override {assignment!r}: write it as key=value, e.g. artist.steps=8")
         *parents, name = key.strip().split(".")
-        node = data
+        node, cls = data, type(config)
         for part in parents:
             if not isinstance(node.get(part), dict):
                 raise ValueError(f"override {assignment!r}: {part!r} is not a section of {type(config).__name__}")
-            node = node[part]
+            node, cls = node[part], _hints(cls)[part]
         if isinstance(node.get(name), dict):
             raise ValueError(f"override {assignment!r}: {key.strip()!r} is a section; set one of its fields")
         if name not in node:
             raise ValueError(f"override {assignment!r}: no setting {key.strip()!r}; known: {', '.join(sorted(node))}")
-        node[name] = _parse_value(text.strip())
+        node[name] = _parse_value(text.strip(), _hints(cls)[name])
     return from_dict(type(config), data)
 
 
 def resolve(
     preset: str = "analytic", *, file: str | Path | None = None, overrides: Iterable[str] = ()
 ) -> PipelineConfig:
-    """The pipeline config of a named preset, replaced by ``file`` when given, then ``overrides`` applied."""
+    """The pipeline config of a named preset, with the settings of ``file`` laid over it, then ``overrides``."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    config = load_toml(PipelineConfig, file) if file is not None else PRESETS[preset]
+    config = PRESETS[preset]
+    if file is not None:
+        try:
+            config = from_dict(PipelineConfig, _merge(to_dict(config), load_toml(dict, file)))
+        except ValueError as error:
+            raise ValueError(f"{file}: {error}") from error
     return override(config, overrides)

@@ -66,7 +66,9 @@ class Pipeline:
     critic that is a second generation per image, so it is off by default.
     """
 
-    def __init__(self, critic: Critic | None = None, artist: Artist | None = None, *, rescore: bool = False):
+    def __init__(
+        self, critic: Critic | None = None, artist: Artist | None = None, *, rescore: bool = PipelineConfig.rescore
+    ):
         self.critic = critic if critic is not None else AnalyticCritic()
         self.artist = artist if artist is not None else RuleArtist()
         self.rescore = rescore
@@ -81,7 +83,7 @@ class Pipeline:
 
             critic = factory.build_critic(config.critic)
             if config.artist.weights is not None:
-                artist = DiffusionArtist(factory.build_artist(config.artist), config.artist)
+                artist = DiffusionArtist(factory.build_artist(config.artist))
         return cls(critic, artist, rescore=config.rescore)
 
     def enhance(self, images: Images) -> EnhanceResult:

@@ -48,6 +48,8 @@ class Judgement:
             raise ValueError(f"attributes must be [B={n}, 4], got {tuple(self.attributes.shape)}")
         if not self.truncated:
             self.truncated = [False] * n
+        if len(self.truncated) != n:
+            raise ValueError(f"a judgement needs one truncation flag per answer, got {len(self.truncated)} for {n}")
 
     def __len__(self) -> int:
         return len(self.outputs)
@@ -59,6 +61,8 @@ class Judgement:
 
     def select(self, indices: Sequence[int]) -> Judgement:
         """The judgement of the images at ``indices`` (H_c cut to their longest row)."""
+        if not indices:
+            raise ValueError("select needs at least one index")
         hidden = mask = None
         if self.hidden is not None:
             rows = torch.as_tensor(list(indices), device=self.hidden.device)

@@ -18,7 +18,7 @@ import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as edit_plus  
 from PIL import Image  # noqa: E402
 
 from spc_fast.artist.lora import add_lora, merge_lora, set_adapter, unmerge_lora  # noqa: E402
-from spc_fast.artist.model import PhotoArtist  # noqa: E402
+from spc_fast.artist.model import REFERENCE, PhotoArtist  # noqa: E402
 from spc_fast.artist.rope import RealQwenRope, apply_real_rope, rotate_pairs, use_real_rope  # noqa: E402
 from spc_fast.artist.sampler import dynamic_shift, output_size, pack_latents, unpack_latents  # noqa: E402
 from spc_fast.config import ArtistConfig  # noqa: E402
@@ -431,7 +431,7 @@ def test_velocity_runs_the_chosen_adapter(parts):
 
     current = artist.velocity(*args)
     old = artist.velocity(*args, adapter="old")
-    reference = artist.velocity(*args, adapter="")
+    reference = artist.velocity(*args, adapter=REFERENCE)
     with artist.reference():
         torch.testing.assert_close(artist.velocity(*args), reference, atol=0, rtol=0)
     torch.testing.assert_close(old, expected_old, atol=0, rtol=0)
@@ -468,3 +468,31 @@ def test_factory_builds_the_configured_artist(parts):
     assert half.transformer.dtype == half.vae.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="artist.weights is not set"):
         factory.build_artist(ArtistConfig())
+
+
+def test_rollout_samples_with_the_chosen_adapter(parts):
+    artist = fresh(parts)
+    transformer = artist.transformer
+    add_lora(transformer, "current")
+    add_lora(transformer, "old")
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in [p for n, p in transformer.named_parameters() if "lora_B." in n]:
+            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    images = torch.stack([torch.from_numpy(photo(s, 32, 48)).permute(2, 0, 1) for s in (0, 1)])
+    h_c, mask = conditioning(2, valid=(7, 3))
+
+    def rollout(**kwargs):
+        generators = [torch.Generator().manual_seed(s) for s in (10, 11)]
+        return artist.rollout(images, h_c, mask, num_steps=2, generator=generators, size=(32, 48), **kwargs)
+
+    set_adapter(transformer, "current")
+    current = rollout().trajectory.latents
+    old = rollout(adapter="old").trajectory.latents
+    reference = rollout(adapter=REFERENCE).trajectory.latents
+    assert transformer.active_adapters() == ["current"]  # put back after the rollout
+    set_adapter(transformer, "old")
+    torch.testing.assert_close(rollout().trajectory.latents, old, atol=0, rtol=0)
+    with artist.reference():
+        torch.testing.assert_close(rollout().trajectory.latents, reference, atol=0, rtol=0)
+    assert (current - old).abs().max() > 1e-4 and (old - reference).abs().max() > 1e-4

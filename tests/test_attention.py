@@ -16,7 +16,7 @@ pytest.importorskip("diffusers")
 
 from diffusers.models.attention_dispatch import AttentionBackendName  # noqa: E402
 
-from spc_fast import attention  # noqa: E402
+from spc_fast import attention, notices  # noqa: E402
 from spc_fast.artist import rope  # noqa: E402
 from spc_fast.artist.model import PhotoArtist  # noqa: E402
 from spc_fast.config import ATTENTION_BACKENDS, ArtistConfig, CriticConfig  # noqa: E402
@@ -35,7 +35,7 @@ def installed(monkeypatch):
         return object() if name in ("flash_attn", "xformers") else real(name, *args)
 
     monkeypatch.setattr(attention.importlib.util, "find_spec", find_spec)
-    attention._noticed.clear()
+    notices.forget()
 
 
 def test_resolution_rules(installed):
@@ -70,7 +70,7 @@ def test_missing_package_is_named_with_its_install_command(monkeypatch):
 
 
 def test_auto_says_once_which_backend_runs_and_why(caplog, monkeypatch):
-    attention._noticed.clear()
+    notices.forget()
     monkeypatch.setattr(attention.importlib.util, "find_spec", lambda name, *a: None)
     with caplog.at_level(logging.INFO, logger="spc_fast.attention"):
         for _ in range(3):
@@ -94,7 +94,7 @@ def test_auto_on_a_cpu_is_said_at_info(caplog, installed):
 
 
 def test_both_models_take_the_setting():
-    attention._noticed.clear()
+    notices.forget()
     transformer, vae, scheduler = tiny_artist_components(0)
     artist = PhotoArtist(transformer, vae, scheduler, ArtistConfig(attention="sdpa"))
     assert artist.attention == "sdpa"
@@ -225,7 +225,7 @@ def test_setting_one_dit_leaves_the_process_wide_backend(monkeypatch):
 def test_library_refusal(monkeypatch, caplog):
     """A backend our check lets through but diffusers refuses (here flash-attn, absent): an error when asked for,
     SDPA with a notice under auto."""
-    attention._noticed.clear()
+    notices.forget()
     transformer, _, _ = tiny_artist_components(0)
     monkeypatch.setattr(attention, "resolve", lambda requested, device, dtype: "flash")
     with pytest.raises(ValueError, match="attention 'flash' cannot run: diffusers refuses it"):
@@ -237,7 +237,7 @@ def test_library_refusal(monkeypatch, caplog):
 
 
 def test_diffusers_processor_runs_only_sdpa(caplog):
-    attention._noticed.clear()
+    notices.forget()
     transformer, vae, scheduler = tiny_artist_components(0)
     for backend in ("xformers", "flash"):
         message = f"attention '{backend}' cannot run: .*real_rope=False.*set real_rope=True"

@@ -45,6 +45,8 @@ def test_configs_are_keyword_only_and_frozen():
         (lambda: CriticConfig(attention="fast"), "attention"),
         (lambda: ArtistConfig(dtype="float64"), "dtype"),
         (lambda: ArtistConfig(pixels=10), "pixels"),
+        (lambda: ArtistConfig(steps=1), "at least 2"),
+        (lambda: ArtistConfig(guidance=3.0), "negative prompt"),
         (lambda: PipelineConfig(artist=ArtistConfig(weights="tiny")), "critic.weights"),
         (lambda: PipelineConfig(batch_size=0), "batch_size"),
     ],
@@ -56,10 +58,12 @@ def test_invalid_values_name_the_field(make, message):
 
 def test_overrides_parse_toml_values_and_bare_strings():
     config = override(PRESETS["tiny"], ["artist.steps=4", "rescore=true", "critic.attention=sdpa",
-                                        "critic.device=none", "critic.weights=/models/my critic", "artist.guidance=2"])
+                                        "critic.device=none", "critic.weights=/models/my critic", "critic.top_p=1",
+                                        "artist.release=2509"])
     assert config.artist.steps == 4 and config.rescore is True and config.critic.attention == "sdpa"
     assert config.critic.device is None and config.critic.weights == "/models/my critic"
-    assert config.artist.guidance == 2.0 and isinstance(config.artist.guidance, float)
+    assert config.critic.top_p == 1.0 and isinstance(config.critic.top_p, float)
+    assert config.artist.release == "2509"  # a string field takes what is written, digits too
 
 
 @pytest.mark.parametrize(
@@ -84,6 +88,9 @@ def test_toml_round_trip(tmp_path):
     assert config.rescore and config.critic.max_new_tokens == 64 and config.artist.steps == 8
     assert from_dict(PipelineConfig, to_dict(config)) == config
     assert resolve(file=path, overrides=["artist.steps=6"]).artist.steps == 6
+    on_tiny = resolve("tiny", file=path)  # the file's settings over the preset's, table by table
+    assert on_tiny.artist.steps == 8 and on_tiny.artist.pixels == PRESETS["tiny"].artist.pixels
+    assert on_tiny.critic.weights == "/m/critic" and on_tiny.critic.dtype == "float32"
     path.write_text("[critic]\nmax_tokens = 3\n")
     with pytest.raises(ValueError, match="unknown setting critic.max_tokens"):
         load_toml(PipelineConfig, path)

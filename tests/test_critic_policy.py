@@ -44,7 +44,8 @@ def test_token_logprobs_give_back_the_sampled_logprobs(critic, temperature, top_
     mask = rollout.completion_mask
     assert mask.sum(1).tolist() == rollout.lengths.tolist()
     assert (rollout.logprobs[~mask] == 0).all() and (rollout.logprobs[mask] <= 0).all()
-    replayed = critic.token_logprobs(rollout, temperature=temperature or 1.0)
+    assert rollout.temperature == (temperature or 1.0)
+    replayed = critic.token_logprobs(rollout)  # at the rollout's own temperature
     assert replayed.shape == (n, t) and (replayed[~mask] == 0).all()
     torch.testing.assert_close(replayed[mask], rollout.logprobs[mask], atol=1e-4, rtol=0)
     if temperature == 0.0:  # greedy: each token is the argmax, so its log-probability is the row's largest

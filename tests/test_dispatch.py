@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from spc_fast import photometric
+from spc_fast import notices, photometric
 from spc_fast.kernels import dispatch
 
 
@@ -102,7 +102,7 @@ def test_auto_fallback_on_cuda_is_said_once(monkeypatch, caplog):
     monkeypatch.delenv(dispatch.SETTING_ENV, raising=False)
     monkeypatch.delenv(dispatch.DISABLE_ENV, raising=False)
     monkeypatch.setattr(dispatch, "triton_available", lambda: False)
-    monkeypatch.setattr(dispatch, "_noticed", set())
+    notices.forget()
     with caplog.at_level(logging.WARNING, logger=dispatch.__name__):
         assert not dispatch.use_triton(cuda_stand_in(), op="grpo_loss")
         assert not dispatch.use_triton(cuda_stand_in(), op="grpo_loss")

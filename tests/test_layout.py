@@ -24,7 +24,8 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
-    """Project modules that ``name`` imports anywhere in its body (top level or inside functions)."""
+    """Project modules that ``name`` imports anywhere in its body (top level or inside functions), with the packages
+    whose ``__init__`` that import runs; a package's ``__init__`` has edges to the children it imports."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         targets = []
@@ -39,10 +40,17 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         for target in targets:
             while target and target not in modules:
                 target = target.rpartition(".")[0]
-            related = target == name or name.startswith(target + ".") or target.startswith(name + ".")
-            if target and not related:
-                found.add(target)
+            # importing a module runs its packages' __init__ too: those are edges as well (the root's is empty)
+            for module in [target, *_packages_of(target)]:
+                own_ancestor = module == name or name.startswith(module + ".")
+                if module and module != "spc_fast" and not own_ancestor:
+                    found.add(module)
     return found
+
+
+def _packages_of(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -33,6 +33,7 @@ from spc_fast.images import check_batch, to_unit_float
 DEFAULT_CONFIG = ArtistConfig()
 
 Generators = torch.Generator | list[torch.Generator] | None
+REFERENCE = ""  # the ``adapter`` that runs the DiT with its LoRA adapters disabled (the reference policy)
 
 
 @dataclass
@@ -123,10 +124,10 @@ class PhotoArtist:
         return torch.randn(shape, generator=generator, device=rand_device, dtype=dtype).to(device)
 
     def _conditioning(
-        self, h_c: torch.Tensor, h_c_mask: torch.Tensor | None, batch: int
+        self, h_c: torch.Tensor, h_c_mask: torch.Tensor | None, batch: int, *, drop_full_mask: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """H_c checked and on the DiT's device and dtype, and its mask as the DiT takes it: an all-ones mask is
-        dropped (as diffusers does) so attention runs unmasked."""
+        """H_c checked and on the DiT's device and dtype, and its mask as the DiT takes it: with ``drop_full_mask`` an
+        all-ones mask is dropped (as diffusers does) so attention runs unmasked (one host sync, once per edit)."""
         if h_c.dim() != 3 or h_c.shape[0] != batch:
             raise ValueError(f"h_c must be [B={batch}, L, D], got {tuple(h_c.shape)}")
         width = self.transformer.config.joint_attention_dim
@@ -138,7 +139,8 @@ class PhotoArtist:
         if h_c_mask is not None and h_c_mask.shape != h_c.shape[:2]:
             raise ValueError(f"h_c_mask must be [B, L] = {tuple(h_c.shape[:2])}, got {tuple(h_c_mask.shape)}")
         device = self.transformer.device
-        mask = None if h_c_mask is None or bool(h_c_mask.all()) else h_c_mask.to(device, torch.bool)
+        full = h_c_mask is None or (drop_full_mask and bool(h_c_mask.all()))
+        mask = None if full else h_c_mask.to(device, torch.bool)
         return h_c.to(device, self.transformer.dtype), mask
 
     @torch.no_grad()
@@ -216,14 +218,24 @@ class PhotoArtist:
         num_steps: int | None = None,
         generator: Generators = None,
         size: tuple[int, int] | None = None,
+        adapter: str | None = None,
     ) -> EditResult:
         """An RL rollout (SPEC.md §8): ``edit`` with the deterministic Euler sampler and no CFG, at the config's
         pixels (or ``size``), returning the edited images and the ``Trajectory`` every step of which ``velocity``
-        can replay."""
-        return self.edit(
-            images, h_c, h_c_mask, num_steps=num_steps, guidance=1.0, generator=generator, size=size,
-            return_trajectory=True,
-        )
+        can replay. ``adapter`` as in ``velocity`` (DiffusionNFT samples with the old policy's adapter); switching
+        adapters changes the modules a compiled DiT guards on, so a compiled sampler recompiles once per adapter."""
+        with self._adapter_switch(adapter):
+            return self.edit(
+                images, h_c, h_c_mask, num_steps=num_steps, guidance=1.0, generator=generator, size=size,
+                return_trajectory=True,
+            )
+
+    def _adapter_switch(self, adapter: str | None) -> AbstractContextManager[None]:
+        if adapter is None:
+            return nullcontext()
+        if adapter == REFERENCE:
+            return adapters_disabled(self.transformer)
+        return adapter_active(self.transformer, adapter)
 
     def velocity(
         self,
@@ -236,22 +248,18 @@ class PhotoArtist:
         *,
         adapter: str | None = None,
     ) -> torch.Tensor:
-        """One DiT prediction of the velocity of the noisy tokens ``latents`` [B, S, 64] next to ``source`` [B, S', 64],
-        gradients enabled (the eager DiT): [B, S, 64]. ``timestep`` is on the scheduler's scale (1000·sigma, as
-        ``Trajectory.timesteps``), a scalar or [B]; ``img_shapes`` as in ``Trajectory``. ``adapter``: None runs the
-        active LoRA adapter, a name runs that adapter for this call (e.g. the NFT old policy), ``""`` runs with the
-        adapters disabled (the reference policy). A sampler step is x_next = x + (sigma_next - sigma) v."""
+        """One DiT prediction of the velocity of the noisy tokens ``latents`` [B, S, 64] next to ``source`` [B, S', 64]
+        through the eager DiT, differentiable (gradients flow when they are enabled): [B, S, 64]. ``timestep`` is on
+        the scheduler's scale (1000·sigma, as ``Trajectory.timesteps``), a scalar or [B]; ``img_shapes`` as in
+        ``Trajectory``. ``adapter``: None runs the active LoRA adapter, a name runs that adapter for this call (e.g.
+        the NFT old policy), ``REFERENCE`` runs with the adapters disabled (the reference policy). The mask is used as
+        given (no host sync): pass None when every H_c row is full. A sampler step is
+        x_next = x + (sigma_next - sigma) v."""
         b = latents.shape[0]
-        h_c, mask = self._conditioning(h_c, h_c_mask, b)
+        h_c, mask = self._conditioning(h_c, h_c_mask, b, drop_full_mask=False)
         device, dtype = self.transformer.device, self.transformer.dtype
         t = torch.as_tensor(timestep, device=device).expand(b).to(dtype) / 1000
-        if adapter is None:
-            switch = nullcontext()
-        elif adapter == "":
-            switch = adapters_disabled(self.transformer)
-        else:
-            switch = adapter_active(self.transformer, adapter)
-        with switch:
+        with self._adapter_switch(adapter):
             return predict_velocity(
                 self.transformer, latents.to(device, dtype), source.to(device, dtype), t, h_c, mask, img_shapes
             )

@@ -163,16 +163,18 @@ class ImageCritic:
         judgement = Judgement(
             texts=texts, outputs=[parse(t) for t in texts], hidden=out.hidden, mask=out.mask, truncated=truncated
         )
-        return CriticRollout(judgement, out.tokens, out.lengths, out.logprobs, inputs)
+        scale = temperature if temperature > 0 else 1.0
+        return CriticRollout(judgement, out.tokens, out.lengths, out.logprobs, inputs, temperature=scale)
 
     def completion_states(self, rollout: CriticRollout) -> torch.Tensor:
         """[N, T, D] last-layer states that predict each answer token of ``rollout`` under the current weights and
         adapters (one teacher-forced forward, gradients enabled); see ``spc_fast.critic.policy``."""
         return completion_states(self.model, rollout)
 
-    def token_logprobs(self, rollout: CriticRollout, temperature: float = 1.0) -> torch.Tensor:
+    def token_logprobs(self, rollout: CriticRollout, temperature: float | None = None) -> torch.Tensor:
         """[N, T] float32 log-probabilities of the rollout's tokens under log_softmax(logits / temperature) with the
-        current weights (no gradient: GRPO's old and reference log-probs), 0 on pad."""
+        current weights (no gradient: GRPO's old and reference log-probs), 0 on pad; ``temperature`` defaults to the
+        one the rollout was sampled at, so the result compares with ``rollout.logprobs``."""
         with torch.no_grad():
             states = self.completion_states(rollout)
         return completion_logprobs(states, self.lm_head_weight, rollout, temperature)

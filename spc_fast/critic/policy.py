@@ -26,6 +26,7 @@ class CriticRollout:
     lengths: torch.Tensor  # [N] answer tokens, stop token included
     logprobs: torch.Tensor  # [N, T] float32 log_softmax(logits / temperature)[token] (greedy: temperature 1), 0 on pad
     prompt: dict[str, torch.Tensor]  # processor inputs, left-padded: input_ids, attention_mask, pixel_values, ...
+    temperature: float = 1.0  # the one ``logprobs`` were computed at (greedy decoding: 1)
 
     @property
     def completion_mask(self) -> torch.Tensor:
@@ -64,8 +65,10 @@ def completion_states(model, rollout: CriticRollout) -> torch.Tensor:
 
 
 def completion_logprobs(
-    states: torch.Tensor, lm_head_weight: torch.Tensor, rollout: CriticRollout, temperature: float = 1.0
+    states: torch.Tensor, lm_head_weight: torch.Tensor, rollout: CriticRollout, temperature: float | None = None
 ) -> torch.Tensor:
-    """[N, T] float32 log-probabilities of the rollout's tokens from ``completion_states``, 0 on pad."""
+    """[N, T] float32 log-probabilities of the rollout's tokens from ``completion_states``, 0 on pad, at
+    ``temperature`` (default: the rollout's, so they compare with ``rollout.logprobs``)."""
+    temperature = rollout.temperature if temperature is None else temperature
     logprobs = token_logprobs(states, lm_head_weight, rollout.tokens, temperature=temperature)
     return logprobs.masked_fill(~rollout.completion_mask, 0.0)

@@ -1,7 +1,8 @@
 """The critic's instruction texts: our wording of the release's system message and analysis instruction (SPEC.md §6).
 
 The tags and the steps follow the release's format (SPEC.md §4). Both are defaults of ``CriticConfig``
-(``system_prompt``, ``instruction``); users pass the release's own wording with a prompt file.
+(``system_prompt``, ``instruction``); users pass the release's own wording in a config file or with
+``--set critic.instruction=...``.
 """
 
 SYSTEM_PROMPT = (
