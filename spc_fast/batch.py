@@ -1,82 +1,158 @@
-"""Enhancing files: expand the inputs (files and folders), plan the outputs, run the pipeline file by file.
+"""Enhancing files: read, enhance and write each file of a ``batch_plan.plan_batch``, one failure never stopping
+the rest.
 
-A failing file (unreadable, truncated, an output that would replace its input, a folder that cannot be
-written) is recorded and the rest still run; ``BatchResult.failures`` lists them. Every image is written
-atomically by ``imagefiles.save_image`` (temporary file, then rename), so a failure never leaves a partial file.
+Any failure of one file (unreadable, an odd decoder error, out of memory, an output that appeared meanwhile) is
+recorded with the file's name and the rest still run. Every image is written atomically by
+``imagefiles.save_image``, so an interrupted or failed write never leaves a partial file, and an existing file is
+never replaced unless asked. A run stopped by Ctrl-C (or a signal the command line turns into one) keeps what it
+did in the ``BatchResult`` it was given.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from spc_fast import imagefiles
+from spc_fast.batch_plan import (
+    OUTPUT_EXISTS,
+    BatchPlan,
+    Failure,
+    Skipped,
+    check_report_path,
+    collect_inputs,
+    plan_batch,
+    plan_outputs,
+)
 from spc_fast.pipeline import Pipeline
 
+__all__ = [
+    "OUTPUT_EXISTS",
+    "BatchPlan",
+    "BatchResult",
+    "Failure",
+    "Pipeline",
+    "Skipped",
+    "check_report_path",
+    "collect_inputs",
+    "enhance_files",
+    "failure_message",
+    "output_bit_depth",
+    "plan_batch",
+    "plan_outputs",
+    "run_batch",
+    "write_report",
+]
 
-@dataclass
-class Failure:
-    input: str
-    error: str
+logger = logging.getLogger(__name__)
+
+_HIGH_DEPTH_SUFFIXES = (".png", ".tif", ".tiff")
+# Peak memory of the analytic pipeline per image pixel (measured: about 33 bytes for an 8-bit image), with margin;
+# the neural models need theirs on top.
+_BYTES_PER_PIXEL = 40
 
 
 @dataclass
 class BatchResult:
-    """Per written image: input, output, size and the pipeline's record; per failed input: the error."""
+    """Per written image: input, output, size and the pipeline's record; per failed input: the error; the inputs
+    skipped, and, for a run that was stopped (``interrupted``: the signal's name), those never finished."""
 
     written: list[dict[str, object]] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)
+    interrupted: str | None = None
+
+    @classmethod
+    def from_plan(cls, plan: BatchPlan) -> BatchResult:
+        """A result holding what planning already failed or skipped."""
+        return cls(failures=list(plan.failures), skipped=list(plan.skipped))
+
+    def stop(self, plan: BatchPlan, reason: str) -> None:
+        """Record that the run stopped (``reason``: e.g. the signal's name) before finishing ``plan``."""
+        done = {item["input"] for item in self.written} | {f.input for f in self.failures}
+        done |= {s.path for s in self.skipped}
+        self.interrupted = reason
+        self.not_started = [str(source) for source, _ in plan.pairs if str(source) not in done]
 
     def to_json(self) -> dict[str, object]:
         return {
             "images": self.written,
             "failures": [{"input": f.input, "error": f.error} for f in self.failures],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "not_started": self.not_started,
+            "interrupted": self.interrupted,
         }
 
 
-def collect_inputs(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[Failure]]:
-    """Image files named by ``inputs``: files as given, folders expanded to their image files (by extension,
-    not recursive, sorted). A folder without images is a failure; a missing path is left to the loader."""
-    files, failures = [], []
-    for entry in map(Path, inputs):
-        if entry.is_dir():
-            found = sorted(p for p in entry.iterdir() if p.is_file() and p.suffix.lower() in imagefiles.FORMATS)
-            if not found:
-                extensions = ", ".join(sorted(imagefiles.FORMATS))
-                failures.append(Failure(str(entry), f"{entry}: folder contains no images ({extensions})"))
-            files.extend(found)
-        else:
-            files.append(entry)
-    return files, failures
+def output_bit_depth(image: torch.Tensor, path: str | os.PathLike) -> int:
+    """16 for a float image (a 16-bit source, as ``imagefiles.read_photo`` gives it) written to PNG or TIFF, else 8."""
+    return 16 if image.is_floating_point() and Path(path).suffix.lower() in _HIGH_DEPTH_SUFFIXES else 8
 
 
-def plan_outputs(inputs: Sequence[str | os.PathLike], files: Sequence[Path], output: str | os.PathLike) -> list[Path]:
-    """Output path of each file: ``output`` itself for a single file input when ``output`` has an extension and
-    is not a folder, else ``output / file name`` (the folder is created)."""
-    output = Path(output)
-    single = len(inputs) == 1 and len(files) == 1 and not Path(inputs[0]).is_dir()
-    if single and output.suffix and not output.is_dir():
-        return [output]
-    if output.exists() and not output.is_dir():
-        raise ValueError(
-            f"{output}: is a file, but several images (or a folder) need an output folder; name a folder"
-        )
-    if output.suffix.lower() in imagefiles.FORMATS and not output.exists():
-        raise ValueError(
-            f"{output}: looks like a file name, but {len(files)} images need an output folder; name a folder"
-        )
-    output.mkdir(parents=True, exist_ok=True)
-    return [output / f.name for f in files]
+def _is_out_of_memory(error: BaseException) -> bool:
+    # torch's CPU allocator reports failure as a RuntimeError, its CUDA one as torch.cuda.OutOfMemoryError
+    return isinstance(error, (MemoryError, torch.cuda.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
 
 
-def output_bit_depth(image: torch.Tensor, path: Path) -> int:
-    """16 for a float image (a 16-bit source, as ``imagefiles.load_tensor`` gives it) written to a PNG, else 8."""
-    return 16 if image.is_floating_point() and path.suffix.lower() == ".png" else 8
+def failure_message(path: str | os.PathLike, error: Exception, size: tuple[int, int] | None = None) -> str:
+    """One line for the user: what went wrong with ``path`` and what to do about it (``size``: the image's width
+    and height when known, for what running out of memory means)."""
+    path = Path(path)
+    if _is_out_of_memory(error):
+        need = ""
+        if size is not None:
+            width, height = size
+            need = f"{width}x{height} pixels need about {width * height * _BYTES_PER_PIXEL / 2**30:.1f} GiB; "
+        message = (f"out of memory ({need}free memory, use --batch 1, downscale the image, or set "
+                   f"{imagefiles.MAX_PIXELS_ENV} below its pixel count to refuse such images)")
+    elif isinstance(error, ValueError):
+        message = str(error)
+    elif isinstance(error, OSError):
+        message = f"cannot read or write a file ({error.strerror or error}); check the disk and permissions"
+    else:
+        logger.info("%s: traceback", path, exc_info=error)
+        message = (f"unexpected {type(error).__name__}: {error} (an error in spc-fast or a library; spc-fast -v "
+                   "prints the traceback)")
+    return message if str(path) in message else f"{path}: {message}"
+
+
+def run_batch(
+    plan: BatchPlan,
+    pipeline: Pipeline,
+    *,
+    batch_size: int = 1,
+    on_file: Callable[[dict[str, object] | Failure | Skipped], None] | None = None,
+    result: BatchResult | None = None,
+) -> BatchResult:
+    """Read, enhance and write each pair of ``plan``, ``batch_size`` files through the pipeline together (a batch
+    that fails is retried file by file, so one bad image fails alone). The alpha channel passes through unchanged;
+    16-bit sources stay float32 and are written as 16-bit PNG or TIFF. ``on_file`` sees each written record,
+    failure or skip of a pair as it happens. Pass your own ``result`` (``BatchResult.from_plan``) to keep what was
+    done when the run is interrupted."""
+    if batch_size < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch_size}")
+    result = result if result is not None else BatchResult.from_plan(plan)
+    record = _Recorder(result, on_file)
+    loaded: list[tuple[Path, Path, imagefiles.Photo]] = []
+    for source, target in plan.pairs:
+        try:
+            loaded.append((source, target, imagefiles.read_photo(source)))
+        except Exception as error:
+            record(Failure(str(source), failure_message(source, error)))
+        if len(loaded) == batch_size:
+            _enhance_and_save(pipeline, loaded, plan, record)
+            loaded = []
+    _enhance_and_save(pipeline, loaded, plan, record)
+    return result
 
 
 def enhance_files(
@@ -85,78 +161,67 @@ def enhance_files(
     *,
     pipeline: Pipeline | None = None,
     overwrite: bool = False,
-    progress: Callable[[Iterable], Iterable] | None = None,
+    skip_existing: bool = False,
     batch_size: int = 1,
+    on_file: Callable[[dict[str, object] | Failure | Skipped], None] | None = None,
 ) -> BatchResult:
-    """Enhance every image named by ``inputs`` into ``output`` (a file for one input file, else a folder).
+    """Enhance every image named by ``inputs`` into ``output`` (a file for one input file, else a folder):
+    ``plan_batch`` then ``run_batch`` with the default pipeline unless one is given."""
+    plan = plan_batch(inputs, output, overwrite=overwrite, skip_existing=skip_existing)
+    return run_batch(plan, pipeline or Pipeline(), batch_size=batch_size, on_file=on_file)
 
-    ``batch_size`` files go through the pipeline together (the neural models batch images of one size); a batch the
-    pipeline rejects is retried file by file, so one bad image fails alone. 16-bit sources stay float32 through the
-    pipeline and are written as 16-bit when the output is a PNG. ``progress`` wraps the iteration over files.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    pipeline = pipeline or Pipeline()
-    files, failures = collect_inputs(inputs)
-    result = BatchResult(failures=failures)
-    if not files:
-        return result
-    targets = plan_outputs(inputs, files, output)
-    seen: dict[Path, Path] = {}
-    pairs = list(zip(files, targets, strict=True))
-    loaded: list[tuple[Path, Path, torch.Tensor]] = []
-    for source, target in progress(pairs) if progress else pairs:
-        try:
-            key = target.absolute()
-            if key in seen:
-                raise imagefiles.ImageError(
-                    f"{source}: its output {target} is also the output of {seen[key]}; rename one of them"
-                )
-            seen[key] = source
-            imagefiles.check_output_path(target, source=source, overwrite=overwrite)
-            loaded.append((source, target, imagefiles.load_tensor(source)))
-        except ValueError as error:
-            result.failures.append(Failure(str(source), str(error)))
-        if len(loaded) == batch_size:
-            _enhance_and_save(pipeline, loaded, overwrite, result)
-            loaded = []
-    _enhance_and_save(pipeline, loaded, overwrite, result)
-    return result
+
+@dataclass
+class _Recorder:
+    result: BatchResult
+    on_file: Callable[[dict[str, object] | Failure | Skipped], None] | None
+
+    def __call__(self, entry: dict[str, object] | Failure | Skipped) -> None:
+        if isinstance(entry, Failure):
+            self.result.failures.append(entry)
+        elif isinstance(entry, Skipped):
+            self.result.skipped.append(entry)
+        else:
+            self.result.written.append(entry)
+        if self.on_file is not None:
+            self.on_file(entry)
 
 
 def _enhance_and_save(
-    pipeline: Pipeline, items: list[tuple[Path, Path, torch.Tensor]], overwrite: bool, result: BatchResult
+    pipeline: Pipeline, items: list[tuple[Path, Path, imagefiles.Photo]], plan: BatchPlan, record: _Recorder
 ) -> None:
     if not items:
         return
     try:
-        enhanced = pipeline.enhance([image for _, _, image in items])
-    except ValueError as error:
+        enhanced = pipeline.enhance([photo.pixels for _, _, photo in items])
+    except Exception as error:
         if len(items) > 1:  # find the image the pipeline refused: the others still go through
             for item in items:
-                _enhance_and_save(pipeline, [item], overwrite, result)
+                _enhance_and_save(pipeline, [item], plan, record)
             return
-        result.failures.append(Failure(str(items[0][0]), str(error)))
+        source, _, photo = items[0]
+        record(Failure(str(source), failure_message(source, error, size=photo.pixels.shape[:0:-1])))
         return
-    for (source, target, image), edited, record in zip(items, enhanced.images, enhanced.records, strict=True):
+    for (source, target, photo), edited, outcome in zip(items, enhanced.images, enhanced.records, strict=True):
         try:
-            imagefiles.save_image(
-                target, edited, source=source, overwrite=overwrite, bit_depth=output_bit_depth(image, target)
-            )
-        except ValueError as error:
-            result.failures.append(Failure(str(source), str(error)))
+            imagefiles.save_image(target, edited, source=source, overwrite=plan.overwrite, alpha=photo.alpha,
+                                  bit_depth=output_bit_depth(photo.pixels, target))
+        except Exception as error:
+            if plan.skip_existing and target.exists():  # another run wrote it meanwhile
+                record(Skipped(str(source), OUTPUT_EXISTS))
+            else:
+                record(Failure(str(source), failure_message(source, error)))
             continue
-        result.written.append(
-            {"input": str(source), "output": str(target), "width": image.shape[2], "height": image.shape[1],
-             **record.to_json()}
-        )
+        record({"input": str(source), "output": str(target), "width": photo.pixels.shape[2],
+                "height": photo.pixels.shape[1], **outcome.to_json()})
 
 
-def write_report(path: str | os.PathLike, payload: dict[str, object]) -> Path:
-    """Write ``payload`` as JSON through a temporary file in the same folder (never a partial report)."""
+def write_report(path: str | os.PathLike, payload: dict[str, object], *, overwrite: bool = False) -> Path:
+    """Write ``payload`` as JSON through a temporary file in the same folder (never a partial report); an existing
+    file is replaced only with ``overwrite``."""
     path = Path(path)
     if not path.absolute().parent.is_dir():
         raise ValueError(f"{path}: the folder {path.absolute().parent} does not exist; create it first")
     text = json.dumps(payload, indent=2, default=str).encode()
-    imagefiles.atomic_write(path, lambda file: file.write(text))
+    imagefiles.atomic_write(path, lambda file: file.write(text), overwrite=overwrite)
     return path

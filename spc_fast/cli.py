@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from spc_fast import commands
@@ -24,14 +27,27 @@ _ARTIST_FLAGS = {"artist": "weights", "release": "release", "steps": "steps", "s
 _SHARED_FLAGS = ("attention", "compile", "device", "dtype")
 
 
-def _at_least(low: int):
+def _whole_number(low: int | None = None):
+    """An argparse ``type``: a whole number (at least ``low``), else a message that says what was expected."""
+
     def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if low is not None and value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
 
     return parse
+
+
+def _number(text: str) -> float:
+    """An argparse ``type``: a decimal number (the command checks its range)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
@@ -50,10 +66,10 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
                            "'tiny'; needs --critic")
         group.add_argument("--release", metavar="DIR", help="directory with the release's dit.safetensors and "
                            "dit_lora/ (default: the --artist directory)")
-        group.add_argument("--steps", type=_at_least(2), metavar="N", help="sampling steps (default 20)")
-        group.add_argument("--seed", type=int, help="base seed; each image's noise comes from it and the image's "
-                           "pixels, so an edit does not depend on the other inputs (default 0)")
-        group.add_argument("--pixels", type=_at_least(256), metavar="N",
+        group.add_argument("--steps", type=_whole_number(2), metavar="N", help="sampling steps (default 20)")
+        group.add_argument("--seed", type=_whole_number(), help="base seed; each image's noise comes from it and "
+                           "the image's pixels, so an edit does not depend on the other inputs (default 0)")
+        group.add_argument("--pixels", type=_whole_number(256), metavar="N",
                            help="the artist generates at about N pixels, sides multiples of 16, then resizes to the "
                            "input size (default 1048576, the model's ~1 MP)")
         group.add_argument("--rescore", action="store_true", default=None,
@@ -63,7 +79,7 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
                        "an explicit backend that cannot run is an error; xformers applies to the artist only)")
     group.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the decode step and the DiT")
-    group.add_argument("--max-new-tokens", type=_at_least(1), metavar="N",
+    group.add_argument("--max-new-tokens", type=_whole_number(1), metavar="N",
                        help="critic answer length cap (default 1280, the release's)")
     group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     group.add_argument("--dtype", choices=DTYPES, help="model precision (default: bfloat16 on CUDA, float32 on CPU)")
@@ -71,9 +87,9 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     """The configuration the flags ask for; a model flag given without its model is an error, not ignored."""
-    if getattr(args, "artist", None) is not None and args.critic is None:
-        raise ValueError("--artist needs --critic DIR: the artist is conditioned on the neural critic's hidden states")
     config = resolve(args.preset, file=args.config, overrides=args.set)
+    if getattr(args, "artist", None) is not None and (args.critic or config.critic.weights) is None:
+        raise ValueError("--artist needs --critic DIR: the artist is conditioned on the neural critic's hidden states")
 
     def given(flags) -> dict[str, object]:
         return {flag: getattr(args, flag) for flag in flags if getattr(args, flag, None) is not None}
@@ -81,8 +97,11 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     critic = {_CRITIC_FLAGS[f]: str(v) if f == "critic" else v for f, v in given(_CRITIC_FLAGS).items()}
     artist = {_ARTIST_FLAGS[f]: str(v) if f in ("artist", "release") else v for f, v in given(_ARTIST_FLAGS).items()}
     shared = given(_SHARED_FLAGS)
-    # transformers has no xformers attention: that choice is the artist's alone
+    # transformers has no xformers attention: that choice is the artist's alone, and needs an artist
     critic_shared = {k: v for k, v in shared.items() if not (k == "attention" and v == "xformers")}
+    if shared.get("attention") == "xformers" and (getattr(args, "artist", None) or config.artist.weights) is None:
+        raise ValueError("--attention xformers applies to the diffusion artist only (transformers has no xformers "
+                         "attention for the critic); add --artist DIR, or choose auto, sdpa or flash")
     config = dataclasses.replace(
         config,
         critic=dataclasses.replace(config.critic, **critic, **critic_shared),
@@ -114,9 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file (one input file) or folder (several inputs or a folder; created if missing)",
     )
     enhance.add_argument("--report", type=Path, metavar="JSON", help="write each image's critique, attributes "
-                         "before/after and rewards to this JSON file")
-    enhance.add_argument("--overwrite", action="store_true", help="replace existing outputs (even the inputs)")
-    enhance.add_argument("--batch", type=_at_least(1), metavar="N", help="images enhanced together "
+                         "before/after and rewards, the failures and what was skipped to this JSON file (never an "
+                         "input or an output of the run; an existing file only with --overwrite)")
+    existing = enhance.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs (even the inputs) "
+                          "and an existing report")
+    existing.add_argument("--skip-existing", action="store_true", help="leave inputs whose output exists alone "
+                          "(resumes an interrupted folder run)")
+    enhance.add_argument("--batch", type=_whole_number(1), metavar="N", help="images enhanced together "
                          "(default 1); the neural models batch the images of one size")
     _model_arguments(enhance, artist=True)
     enhance.set_defaults(run=commands.run_enhance)
@@ -140,11 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retouch.add_argument("input", type=Path, metavar="IN")
     retouch.add_argument("-o", "--output", type=Path, required=True, metavar="OUT")
-    retouch.add_argument("--exposure", type=float, default=0.0, metavar="EV", help="stops (default 0)")
-    retouch.add_argument("--contrast", type=float, default=1.0, metavar="C", help="L* stretch, > 0 (default 1)")
-    retouch.add_argument("--saturation", type=float, default=1.0, metavar="S", help="chroma scale, >= 0 (default 1)")
+    retouch.add_argument("--exposure", type=_number, default=0.0, metavar="EV", help="stops (default 0)")
+    retouch.add_argument("--contrast", type=_number, default=1.0, metavar="C", help="L* stretch, > 0 (default 1)")
+    retouch.add_argument("--saturation", type=_number, default=1.0, metavar="S", help="chroma scale, >= 0 (default 1)")
     retouch.add_argument(
-        "--temperature", type=float, default=0.0, metavar="MIRED", help="mired shift, + is warmer (default 0)"
+        "--temperature", type=_number, default=0.0, metavar="MIRED", help="mired shift, + is warmer (default 0)"
     )
     retouch.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     retouch.set_defaults(run=commands.run_retouch)
@@ -163,6 +187,29 @@ def _split_bench(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
+def _stop_on_sigterm() -> Callable[[], object]:
+    """Make SIGTERM stop a run as Ctrl-C does (the file being written cleaned up, the summary printed, the report
+    written); returns what puts the previous handler back. A handler someone else set (or SIG_IGN) is kept."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return lambda: None
+
+    def stop(signum: int, frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise commands.Terminated(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _message(error: BaseException) -> str:
+    """One line for an error that ended the command: the file and the problem, never a traceback."""
+    if isinstance(error, MemoryError):
+        return "out of memory; free memory, or use a smaller --batch, --pixels or image"
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror.lower()}; check the path and its permissions"
+    return str(error)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``spc-fast`` and ``python -m spc_fast``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -173,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     previous_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    restore_sigterm = _stop_on_sigterm()
     try:
         if bench_argv is not None:
             from spc_fast.bench import runner
@@ -180,9 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             return runner.main(bench_argv)
         config = pipeline_config(args) if hasattr(args, "preset") else PipelineConfig()
         return args.run(args, config)
-    except (ValueError, FileNotFoundError) as error:  # bad input or an incomplete model directory
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM through the handler above
+        name, status = commands.interrupted_status(stop)
+        print(f"{PROG}: interrupted by {name}", file=sys.stderr)
+        return status
+    except (ValueError, OSError, MemoryError) as error:  # bad input, a missing or unreadable file, no memory left
+        print(f"{PROG}: error: {_message(error)}", file=sys.stderr)
         return 1
     finally:
+        restore_sigterm()
         logger.removeHandler(handler)
         logger.setLevel(previous_level)

@@ -135,7 +135,8 @@ def temperature_matrix(delta_mired: float) -> np.ndarray:
     """3x3 linear-RGB matrix of the von Kries (Bradford) adaptation for a shift of ``delta_mired``.
 
     It adapts the daylight white at NEUTRAL_CCT to the daylight white at ``1e6 / (1e6/6504 + delta_mired)``
-    kelvin, so delta 0 is exactly the identity and positive deltas warm the image (lower measured CCT).
+    kelvin, so delta 0 is exactly the identity (bit for bit) and positive deltas warm the image (lower measured
+    CCT).
     Raises ValueError unless TEMPERATURE_DELTA_MIN <= delta_mired <= TEMPERATURE_DELTA_MAX.
     """
     if not TEMPERATURE_DELTA_MIN <= delta_mired <= TEMPERATURE_DELTA_MAX:
@@ -144,8 +145,10 @@ def temperature_matrix(delta_mired: float) -> np.ndarray:
             f"[{TEMPERATURE_DELTA_MIN:.2f}, {TEMPERATURE_DELTA_MAX:.2f}] mired (target white "
             f"{TEMPERATURE_CCT_MAX:.0f} K to {TEMPERATURE_CCT_MIN:.0f} K on the daylight locus)"
         )
-    target_cct = 1e6 / (1e6 / NEUTRAL_CCT + delta_mired)
+    target_cct = NEUTRAL_CCT / (1.0 + delta_mired * (NEUTRAL_CCT / 1e6))  # exactly NEUTRAL_CCT for no shift
     source = BRADFORD @ xy_to_white(*daylight_xy(NEUTRAL_CCT))
     target = BRADFORD @ xy_to_white(*daylight_xy(target_cct))
-    adapt_xyz = np.linalg.inv(BRADFORD) @ np.diag(target / source) @ BRADFORD
-    return XYZ_TO_RGB @ adapt_xyz @ RGB_TO_XYZ
+    # RGB_TO_XYZ^-1 B^-1 diag(target / source) B RGB_TO_XYZ, written as I + (the change) so that no shift gives
+    # exactly the identity (the product of the matrices and their inverses leaves 1e-16 off the diagonal)
+    change = XYZ_TO_RGB @ np.linalg.inv(BRADFORD) @ np.diag(target / source - 1.0) @ BRADFORD @ RGB_TO_XYZ
+    return np.eye(3) + change

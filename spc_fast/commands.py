@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+from pathlib import Path
 
 from spc_fast.config import PipelineConfig
 
@@ -42,6 +44,7 @@ def run_analyze(args: argparse.Namespace, config: PipelineConfig) -> int:
     """Load each image and print its photometric attributes (exposure = mean L*, contrast = std of L*,
     saturation = mean chroma, cct in kelvin). A file that fails is reported at the end; the rest still run."""
     from spc_fast import photometric
+    from spc_fast.batch import failure_message
     from spc_fast.imagefiles import load_tensor
 
     rows, failures = [], []
@@ -49,8 +52,8 @@ def run_analyze(args: argparse.Namespace, config: PipelineConfig) -> int:
         try:
             image = load_tensor(path)
             values = photometric.attributes(image).tolist()
-        except ValueError as error:
-            failures.append(str(error))
+        except Exception as error:
+            failures.append(failure_message(path, error))
             continue
         attributes = dict(zip(photometric.ATTRIBUTE_NAMES, values, strict=True))
         rows.append(
@@ -71,44 +74,126 @@ def report_failures(failures: list[str], total: int) -> int:
     return 1 if failures else 0
 
 
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM) turned into an exception by the command line, so that a run stops as it does
+    on Ctrl-C: the file being written is cleaned up, the summary printed and the report written."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def interrupted_status(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """The name of what stopped a run and the exit status for it: SIGINT (Ctrl-C) 130, SIGTERM 143."""
+    signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
+    return signal.Signals(signum).name, 128 + signum
+
+
 def run_enhance(args: argparse.Namespace, config: PipelineConfig) -> int:
     """Critique each image and execute the critique. Without model directories the analytic critic judges and
     the rule-based operators execute the tone/colour suggestions (no weights needed); --critic DIR makes the
     Qwen2.5-VL critic judge, and --artist DIR makes the Qwen-Image-Edit artist execute, conditioned on the critic's
-    hidden states. IN may be files or folders (their images, not recursive); OUT is the output file for a single
-    input file, else a folder keeping the input names. Outputs keep the input size and EXIF; 16-bit sources are
-    written as 16-bit PNG. Failing images are listed at the end (exit status 1); the others are written."""
+    hidden states. IN may be files or folders (the files Pillow reads, not recursive); OUT is the output file for
+    a single input file, else a folder keeping the input names (a format that is read but not written, such as
+    BMP or GIF, becomes PNG). Outputs keep the input size, EXIF and
+    transparency; 16-bit sources are written as 16-bit PNG or TIFF. An existing output is never replaced without
+    --overwrite; --skip-existing resumes an interrupted run. A failing image is reported as it happens (exit
+    status 1) and the others are written; Ctrl-C or SIGTERM stops after cleaning up (exit status 130 or 143)."""
     from spc_fast import batch
     from spc_fast.pipeline import Pipeline
 
-    progress = None
-    if len(args.inputs) > 1 or any(p.is_dir() for p in args.inputs):
-        from tqdm import tqdm
-
-        def progress(items):
-            return tqdm(items, desc="enhance", unit="image", file=sys.stderr, disable=len(items) < 2)
-
-    pipeline = Pipeline.from_config(config)
-    description = describe(pipeline, config)
-    logger.info("pipeline: %s", json.dumps(description))
-    result = batch.enhance_files(
-        args.inputs, args.output, pipeline=pipeline, overwrite=args.overwrite, progress=progress,
-        batch_size=config.batch_size,
-    )
-    for item in result.written:
-        score = f"score {_score(item['critique']['score'])}"
-        if config.rescore:
-            score += f" -> {_score(item['score_after'])}"
-        edits = "; ".join(item["critique"]["suggestions"]) or "no edit"
-        print(f"{item['input']} -> {item['output']}: {score}; {edits}")
-        if item.get("truncated"):
-            print(f"{PROG}: warning: {item['input']}: the critic's answer hit the token limit and was cut off",
-                  file=sys.stderr)
+    plan = batch.plan_batch(args.inputs, args.output, overwrite=args.overwrite, skip_existing=args.skip_existing,
+                            report=args.report)
+    _summarise_skipped_entries(plan.skipped)
+    progress = _Progress(plan, config.rescore)
+    for failure in plan.failures:  # before the models load: they may take minutes
+        progress(failure)
+    result = batch.BatchResult.from_plan(plan)
+    status, description = 0, {}
+    try:
+        if plan.pairs:
+            pipeline = Pipeline.from_config(config)
+            description = describe(pipeline, config)
+            logger.info("pipeline: %s", json.dumps(description))
+            batch.run_batch(plan, pipeline, batch_size=config.batch_size, on_file=progress, result=result)
+    except KeyboardInterrupt as stop:
+        name, status = interrupted_status(stop)
+        result.stop(plan, name)
     if args.report is not None:
-        batch.write_report(args.report, {"version": version(), **description, **result.to_json()})
-        print(f"wrote {args.report}")
-    total = len(result.written) + len(result.failures)
-    return report_failures([f.error for f in result.failures], total)
+        try:
+            payload = {"version": version(), **description, **result.to_json()}
+            batch.write_report(args.report, payload, overwrite=args.overwrite)
+            print(f"wrote {args.report}")
+        except ValueError as error:  # the per-image lines are already out; say this and finish the summary
+            print(f"{PROG}: error: --report: {error}", file=sys.stderr)
+            status = status or 1
+    _print_summary(result)
+    return status or (1 if result.failures else 0)
+
+
+class _Progress:
+    """Prints each file's outcome as it finishes: written images on stdout, failures on stderr."""
+
+    def __init__(self, plan, rescore: bool):
+        self.total, self.rescore, self.done = len(plan.pairs) + len(plan.failures), rescore, 0
+
+    def __call__(self, entry) -> None:
+        from spc_fast.batch import Failure, Skipped
+
+        self.done += 1
+        counter = f"[{self.done}/{self.total}] " if self.total > 1 else ""
+        if isinstance(entry, Skipped):  # its output appeared while it was being enhanced
+            print(f"{counter}{entry.path}: skipped: {entry.reason}", flush=True)
+            return
+        if isinstance(entry, Failure):
+            print(f"{PROG}: error: {entry.error}", file=sys.stderr, flush=True)
+            return
+        score = f"score {_score(entry['critique']['score'])}"
+        if self.rescore:
+            score += f" -> {_score(entry['score_after'])}"
+        edits = "; ".join(entry["critique"]["suggestions"]) or "no edit"
+        print(f"{counter}{entry['input']} -> {entry['output']}: {score}; {edits}", flush=True)
+        if entry.get("truncated"):
+            print(f"{PROG}: warning: {entry['input']}: the critic's answer hit the token limit and was cut off",
+                  file=sys.stderr)
+
+
+def _summarise_skipped_entries(skipped) -> None:
+    """One line per input folder with entries that are not images, and one for the outputs that exist."""
+    from collections import Counter, defaultdict
+
+    from spc_fast.batch import OUTPUT_EXISTS
+
+    by_folder: dict[str, Counter] = defaultdict(Counter)
+    for entry in skipped:
+        logger.info("%s: skipped: %s", entry.path, entry.reason)
+        by_folder["" if entry.reason == OUTPUT_EXISTS else str(Path(entry.path).parent)][entry.reason] += 1
+    existing = by_folder.pop("", Counter())[OUTPUT_EXISTS]
+    if existing:
+        images = "image" if existing == 1 else "images"
+        print(f"{PROG}: skipping {existing} {images} whose output exists (--skip-existing)", file=sys.stderr)
+    for folder, reasons in by_folder.items():
+        counts = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+        more = "" if logger.isEnabledFor(logging.INFO) else "; -v lists them"
+        print(f"{PROG}: {folder}: skipped {reasons.total()} entries ({counts}){more}", file=sys.stderr)
+
+
+def _print_summary(result) -> None:
+    from spc_fast.batch import OUTPUT_EXISTS
+
+    counts = [f"{len(result.written)} written", f"{len(result.failures)} failed"]
+    existing = sum(entry.reason == OUTPUT_EXISTS for entry in result.skipped)
+    if existing:
+        counts.append(f"{existing} skipped (output exists)")
+    total = len(result.written) + len(result.failures) + existing + len(result.not_started)
+    if result.interrupted:
+        counts.append(f"{len(result.not_started)} not started")
+        print(f"{PROG}: interrupted by {result.interrupted}: {', '.join(counts)}; run the same command with "
+              "--skip-existing to finish", file=sys.stderr)
+    elif result.failures:
+        print(f"{PROG}: {len(result.failures)} of {total} images failed ({', '.join(counts)})", file=sys.stderr)
+    elif total > 1 or existing:
+        print(f"{PROG}: {', '.join(counts)}", file=sys.stderr)
 
 
 def describe(pipeline, config: PipelineConfig) -> dict[str, object]:
@@ -133,6 +218,7 @@ def run_critique(args: argparse.Namespace, config: PipelineConfig) -> int:
     """Print each image's critique in the release's tag format (<think>, <edit_start>, <answer>): the analytic
     critic's, or with --critic DIR the Qwen2.5-VL critic's answer as generated (a malformed answer is printed as
     is and its parse errors go to stderr). A file that fails is reported at the end; the rest still run."""
+    from spc_fast.batch import failure_message
     from spc_fast.imagefiles import load_tensor
     from spc_fast.pipeline import Pipeline
 
@@ -141,8 +227,8 @@ def run_critique(args: argparse.Namespace, config: PipelineConfig) -> int:
     for path in args.images:
         try:
             judgement = critic.critique([load_tensor(path)])
-        except ValueError as error:
-            failures.append(str(error))
+        except Exception as error:
+            failures.append(failure_message(path, error))
             continue
         if len(args.images) > 1:
             print(f"== {path}")
@@ -177,15 +263,16 @@ def _table(rows: list[dict]) -> str:
 
 def run_retouch(args: argparse.Namespace, config: PipelineConfig) -> int:
     """Apply exposure (EV), contrast, saturation and temperature (mired) edits to IN and write OUT, keeping
-    IN's EXIF (orientation reset) and writing an sRGB profile when IN had one. 16-bit sources are processed in
-    float32 and written as 16-bit when OUT is a PNG, as 8-bit otherwise."""
+    IN's EXIF (orientation reset), its transparency, and writing an sRGB profile when IN had one. 16-bit sources
+    are processed in float32 and written as 16-bit when OUT is a PNG or TIFF, as 8-bit otherwise."""
     import torch
 
     from spc_fast import imagefiles, photometric, retouch
     from spc_fast.batch import output_bit_depth
 
     imagefiles.check_output_path(args.output, source=args.input, overwrite=args.overwrite)
-    image = imagefiles.load_tensor(args.input)
+    photo = imagefiles.read_photo(args.input)
+    image = photo.pixels
     edited = retouch.apply(
         image.unsqueeze(0),
         exposure=args.exposure,
@@ -195,8 +282,9 @@ def run_retouch(args: argparse.Namespace, config: PipelineConfig) -> int:
     )[0]
     bit_depth = output_bit_depth(image, args.output)
     if image.is_floating_point() and bit_depth == 8:
-        logger.info("%s: 16-bit source written as 8-bit (16-bit output needs a .png name)", args.output)
-    imagefiles.save_image(args.output, edited, source=args.input, overwrite=args.overwrite, bit_depth=bit_depth)
+        logger.info("%s: 16-bit source written as 8-bit (16-bit output needs a .png or .tif name)", args.output)
+    imagefiles.save_image(args.output, edited, source=args.input, overwrite=args.overwrite, bit_depth=bit_depth,
+                          alpha=photo.alpha)
     before, after = photometric.attributes(torch.stack([image, edited])).tolist()
     print(_comparison(dict(zip(photometric.ATTRIBUTE_NAMES, zip(before, after, strict=True), strict=True))))
     print(f"wrote {args.output} ({bit_depth}-bit)")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from spc_fast import colour
 from spc_fast.critic.vocabulary import CONTRAST, EXPOSURE, MAGNITUDES, SATURATION, TEMPERATURE, Suggestion
 from spc_fast.retouch import NEUTRAL as NEUTRAL_PARAMETERS
+from spc_fast.retouch import RANGES
 
 # Executor parameter per magnitude (slightly, moderately, significantly), SPEC.md §4.
 STEPS = {
@@ -28,8 +28,9 @@ def retouch_parameters(suggestions: Iterable[Suggestion]) -> tuple[dict[str, flo
 
     Suggestions on one attribute in one direction combine (ev and mired add, contrast and saturation factors
     multiply). Opposite directions on one attribute are a conflict: reported, and that attribute left neutral.
-    A temperature shift beyond the operator's range (``colour.TEMPERATURE_DELTA_MIN``/``MAX``) is clamped to
-    it and reported. Restoration, depth-of-field and bokeh suggestions are not executed here.
+    A value beyond the operator's range (``retouch.RANGES``: a critic repeating "significantly warmer" or
+    "significantly increase exposure" many times) is clamped to it and reported. Restoration, depth-of-field and
+    bokeh suggestions are not executed here.
     """
     by_op: dict[str, list[Suggestion]] = {}
     for s in suggestions:
@@ -46,9 +47,11 @@ def retouch_parameters(suggestions: Iterable[Suggestion]) -> tuple[dict[str, flo
             step = STEPS[op][MAGNITUDES.index(s.magnitude)]
             value = value * step**s.direction if op in _MULTIPLICATIVE else value + s.direction * step
         params[op] = value
-    shift = params[TEMPERATURE]
-    clamped = min(max(shift, colour.TEMPERATURE_DELTA_MIN), colour.TEMPERATURE_DELTA_MAX)
-    if clamped != shift:
-        conflicts.append(f"temperature: {shift:+.0f} mired is beyond the operator's range; clamped to {clamped:+.0f}")
-        params[TEMPERATURE] = clamped
+    for op, value in params.items():
+        low, high = RANGES[op]
+        clamped = min(max(value, low), high)
+        if clamped != value:
+            conflicts.append(f"{op}: {value:+.4g} is beyond the operator's range [{low:g}, {high:g}]; clamped to "
+                             f"{clamped:+.4g}")
+            params[op] = clamped
     return params, conflicts

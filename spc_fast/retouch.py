@@ -7,6 +7,12 @@ Every operator maps an sRGB image in [0, 1] to an sRGB image in [0, 1] and ends 
 - ``contrast(c)``: L* -> mu + c (L* - mu), mu the mean L* of the image entering the step; a*, b* unchanged.
 - ``saturation(s)``: a*, b* x s; L* unchanged.
 
+Parameter ranges (``RANGES``): a value outside is refused with a ValueError that names the range and why it
+ends there (``_RANGE_NOTES``), never clipped. Within them the float32 paths stay finite (2^20, and L*, a*, b* of
+at most about 10^4, are far from overflow), so every path saturates to white, black or the gamut boundary like the
+float64 reference. At its neutral value an operator is the identity: its reference returns the input unchanged,
+and a zero temperature shift is exactly the identity matrix.
+
 ``*_reference`` are the float64 numpy truth, one per operator, plus ``apply_reference`` composing them.
 ``apply`` is the batched torch entry point: the fused Triton kernel (``spc_fast.kernels.retouch_chain``, with
 the mean L* from ``spc_fast.kernels.photometric_stats``) where ``kernels.dispatch.use_triton`` allows it, the
@@ -27,6 +33,19 @@ from spc_fast.images import check_batch, from_unit_float, is_channels_last, nump
 from spc_fast.kernels import dispatch
 
 NEUTRAL = {"exposure": 0.0, "contrast": 1.0, "saturation": 1.0, "temperature": 0.0}
+RANGES = {
+    "exposure": (-20.0, 20.0),
+    "contrast": (0.0, 100.0),  # 0 itself excluded
+    "saturation": (0.0, 100.0),
+    "temperature": (colour.TEMPERATURE_DELTA_MIN, colour.TEMPERATURE_DELTA_MAX),
+}
+_RANGE_NOTES = {  # unit, and why the range ends there
+    "exposure": (" EV", "20 stops span every level of a 16-bit photo, whose darkest step is 2^-19.7 in linear "
+                 "light: beyond them it is all white or all black"),
+    "contrast": ("", "at 100 one L* unit of difference, about one just-noticeable step, already spans all of L*"),
+    "saturation": ("", "at 100 one C* unit of chroma already reaches past every sRGB colour, whose C* is at most 134"),
+    "temperature": (" mired", "the target white stays between 25000 K and 2000 K, where the daylight locus holds"),
+}
 
 Param = float | torch.Tensor
 
@@ -37,20 +56,29 @@ def _encode_clipped(linear: np.ndarray) -> np.ndarray:
 
 def temperature_reference(image: np.ndarray, delta_mired: float) -> np.ndarray:
     """Temperature shift of one H x W x 3 sRGB image (positive delta_mired = warmer), float64 in [0, 1]."""
-    linear = colour.srgb_to_linear(numpy_to_unit(image))
-    return _encode_clipped(linear @ colour.temperature_matrix(delta_mired).T)
+    _check_value("temperature", delta_mired)
+    unit = numpy_to_unit(image)
+    if delta_mired == NEUTRAL["temperature"]:
+        return unit
+    return _encode_clipped(colour.srgb_to_linear(unit) @ colour.temperature_matrix(delta_mired).T)
 
 
 def exposure_reference(image: np.ndarray, ev: float) -> np.ndarray:
     """Exposure change of ``ev`` stops of one H x W x 3 sRGB image, float64 in [0, 1]."""
     _check_value("exposure", ev)
-    return _encode_clipped(colour.srgb_to_linear(numpy_to_unit(image)) * 2.0**ev)
+    unit = numpy_to_unit(image)
+    if ev == NEUTRAL["exposure"]:
+        return unit
+    return _encode_clipped(colour.srgb_to_linear(unit) * 2.0**ev)
 
 
 def contrast_reference(image: np.ndarray, c: float) -> np.ndarray:
     """L* stretched by ``c`` around the image's mean L*, float64 in [0, 1]."""
     _check_value("contrast", c)
-    lab = colour.srgb_to_lab(numpy_to_unit(image))
+    unit = numpy_to_unit(image)
+    if c == NEUTRAL["contrast"]:
+        return unit
+    lab = colour.srgb_to_lab(unit)
     mu = lab[..., 0].mean()
     lab[..., 0] = mu + c * (lab[..., 0] - mu)
     return np.clip(colour.lab_to_srgb(lab), 0.0, 1.0)
@@ -59,7 +87,10 @@ def contrast_reference(image: np.ndarray, c: float) -> np.ndarray:
 def saturation_reference(image: np.ndarray, s: float) -> np.ndarray:
     """a*, b* scaled by ``s``, float64 in [0, 1]."""
     _check_value("saturation", s)
-    lab = colour.srgb_to_lab(numpy_to_unit(image))
+    unit = numpy_to_unit(image)
+    if s == NEUTRAL["saturation"]:
+        return unit
+    lab = colour.srgb_to_lab(unit)
     lab[..., 1:] *= s
     return np.clip(colour.lab_to_srgb(lab), 0.0, 1.0)
 
@@ -87,14 +118,20 @@ def _check_value(name: str, value: float) -> None:
         )
     if name == "saturation" and value < 0.0:
         raise ValueError(f"saturation must be >= 0, got {value}; 1 is neutral, 0 gives a grey image")
-    if name == "temperature":
-        colour.temperature_matrix(value)
+    low, high = RANGES[name]
+    if not low <= value <= high:
+        unit, why = _RANGE_NOTES[name]
+        opening = "(" if name == "contrast" else "["
+        raise ValueError(
+            f"{name}={value:g}{unit} is out of range; use a value in {opening}{low:g}, {high:g}]{unit} "
+            f"({why}; neutral: {NEUTRAL[name]:g})"
+        )
 
 
 @functools.cache
 def _bradford_constants(device: torch.device) -> tuple[torch.Tensor, ...]:
-    # colour.temperature_matrix(d) = from_cones @ diag(target(d) / source) @ to_cones: the factors that do not
-    # depend on d, float64, made once per device
+    # colour.temperature_matrix(d) = I + from_cones @ diag(target(d) / source - 1) @ to_cones: the factors that
+    # do not depend on d, float64, made once per device
     source = colour.BRADFORD @ colour.xy_to_white(*colour.daylight_xy(colour.NEUTRAL_CCT))
     to_cones = colour.BRADFORD @ colour.RGB_TO_XYZ
     from_cones = colour.XYZ_TO_RGB @ np.linalg.inv(colour.BRADFORD)
@@ -106,15 +143,19 @@ def temperature_matrices(delta_mired: torch.Tensor) -> torch.Tensor:
     """``colour.temperature_matrix`` of every shift in ``delta_mired`` [B] (float64), computed on its device:
     [B, 3, 3]. No range check: the shifts must lie in [colour.TEMPERATURE_DELTA_MIN, TEMPERATURE_DELTA_MAX]."""
     bradford, source, to_cones, from_cones = _bradford_constants(delta_mired.device)
-    target_cct = 1e6 / (1e6 / colour.NEUTRAL_CCT + delta_mired.double())
+    delta = delta_mired.double()
+    target_cct = colour.NEUTRAL_CCT / (1.0 + delta * (colour.NEUTRAL_CCT / 1e6))
     s = 1e3 / target_cct
     branches = (colour.DAYLIGHT_X_LOW, colour.DAYLIGHT_X_HIGH)
     low, high = (c0 + s * (c1 + s * (c2 + s * c3)) for c0, c1, c2, c3 in branches)
     x = torch.where(target_cct <= 7000.0, low, high)
     y = colour.DAYLIGHT_Y[0] + colour.DAYLIGHT_Y[1] * x + colour.DAYLIGHT_Y[2] * x * x
     white = torch.stack([x / y, torch.ones_like(x), (1.0 - x - y) / y], dim=-1)  # [B, 3], Y = 1
-    scale = (white @ bradford.T) / source  # [B, 3]: target / source cone response
-    return from_cones @ (scale[:, :, None] * to_cones)
+    # target / source cone response minus 1, exactly 0 for no shift (this and numpy's daylight formula may differ
+    # in the last bit): then the matrix below is exactly the identity
+    change = torch.where(delta[:, None] == 0.0, 0.0, (white @ bradford.T) / source - 1.0)  # [B, 3]
+    identity = torch.eye(3, dtype=torch.float64, device=delta.device)
+    return identity + from_cones @ (change[:, :, None] * to_cones)
 
 
 def _per_image(name: str, value: Param, batch: torch.Tensor, validate: bool) -> tuple[torch.Tensor, bool]:

@@ -14,7 +14,16 @@ import numpy as np
 # Adobe RGB (1998): colorants adapted to the D50 profile connection space, gamma 563/256.
 ADOBE_RGB_COLORANTS = ((0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446))
 ADOBE_RGB_GAMMA = 563 / 256
+# sRGB (IEC 61966-2.1): colorants adapted to D50 as in the standard profile; the transfer curve as a table.
+SRGB_COLORANTS = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
 D50 = (0.9642, 1.0, 0.8249)
+
+
+def srgb_curve(entries: int = 1024) -> np.ndarray:
+    """The sRGB decoding function sampled at ``entries`` points, as ICC curve values (uint16)."""
+    v = np.linspace(0.0, 1.0, entries)
+    linear = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    return np.round(linear * 65535).astype(np.uint16)
 
 _PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> gray, gray+alpha, RGB, RGBA
 
@@ -68,11 +77,17 @@ def _padded(data: bytes) -> bytes:
     return data + b"\x00" * (-len(data) % 4)
 
 
-def matrix_profile(description: str, colorants=ADOBE_RGB_COLORANTS, gamma: float = ADOBE_RGB_GAMMA) -> bytes:
-    """A version 2 RGB display ICC profile: three colorants (D50 XYZ) and one gamma curve for all channels."""
+def matrix_profile(
+    description: str, colorants=ADOBE_RGB_COLORANTS, gamma: float = ADOBE_RGB_GAMMA, curve: np.ndarray | None = None
+) -> bytes:
+    """A version 2 RGB display ICC profile: three colorants (D50 XYZ) and one transfer curve for all channels,
+    a gamma or, when given, a table of uint16 ``curve`` values."""
     text = description.encode("ascii") + b"\x00"
     desc = b"desc\x00\x00\x00\x00" + struct.pack(">I", len(text)) + text + b"\x00" * (4 + 4 + 2 + 1 + 67)
-    curve = b"curv\x00\x00\x00\x00" + struct.pack(">IH", 1, round(gamma * 256))
+    if curve is None:
+        curve = b"curv\x00\x00\x00\x00" + struct.pack(">IH", 1, round(gamma * 256))
+    else:
+        curve = b"curv\x00\x00\x00\x00" + struct.pack(">I", len(curve)) + curve.astype(">u2").tobytes()
     tags = [
         (b"desc", desc),
         (b"wtpt", b"XYZ \x00\x00\x00\x00" + _s15fixed16(*D50)),

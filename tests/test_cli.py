@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runs import run_cli as _run
 from PIL import ExifTags, Image
 
 from spc_fast import cli, photometric
@@ -32,11 +33,6 @@ def photo_dir(tmp_path) -> Path:
         shutil.copy(data / name, tmp_path / name)
     return tmp_path
 
-
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_analyze_table(photo_dir, capsys):

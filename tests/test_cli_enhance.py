@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runs import run_cli as _run
 
 from spc_fast import batch, cli, imagefiles, retouch
 from spc_fast.batch import BatchResult, Failure, collect_inputs, enhance_files, plan_outputs, write_report
@@ -41,11 +42,6 @@ def photo_dir(tmp_path, small_photos) -> Path:
     return folder
 
 
-def _run(capsys, *argv) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 def _temporaries(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
@@ -53,8 +49,12 @@ def _temporaries(folder: Path) -> list[Path]:
 
 def test_public_names():
     assert callable(collect_inputs) and callable(plan_outputs) and callable(enhance_files) and callable(write_report)
-    assert BatchResult().to_json() == {"images": [], "failures": []}
+    assert callable(batch.plan_batch) and callable(batch.run_batch) and callable(batch.check_report_path)
+    assert BatchResult().to_json() == {
+        "images": [], "failures": [], "skipped": [], "not_started": [], "interrupted": None
+    }
     assert Failure("a", "b").error == "b" and batch.Pipeline is not None
+    assert batch.Skipped("a", "b").reason == "b" and batch.BatchPlan([]).pairs == []
 
 
 def test_enhance_one_file(photo_dir, tmp_path, capsys):
@@ -76,7 +76,8 @@ def test_enhance_folder_with_report(photo_dir, tmp_path, capsys):
     assert payload["failures"] == [] and len(payload["images"]) == 3
     assert payload["critic"] == "AnalyticCritic" and payload["critic_config"]["sample_pixels"] == 16384
     assert payload["config"]["rescore"] is True and payload["config"]["critic"]["weights"] is None
-    assert stdout.count(": score 100 -> 100; no edit") == 1 and stdout.count(" -> ") == 6  # path -> out, before -> after
+    # " -> " twice a line: path -> out, score before -> after
+    assert stdout.count(": score 100 -> 100; no edit") == 1 and stdout.count(" -> ") == 6
     by_name = {Path(item["input"]).name: item for item in payload["images"]}
     chelsea = by_name["chelsea.jpg"]
     assert chelsea["output"] == str(out / "chelsea.jpg") and chelsea["width"] == 96
@@ -150,7 +151,9 @@ def test_read_only_output_folder_leaves_nothing_behind(photo_dir, tmp_path, monk
     def denied(src, dst):
         raise PermissionError(13, "Permission denied", str(dst))
 
-    monkeypatch.setattr(imagefiles.atomic.os, "replace", denied)  # we run as root: simulate the read-only folder
+    # we run as root: simulate the read-only folder (a new file is published by link, a replacement by rename)
+    monkeypatch.setattr(imagefiles.atomic.os, "link", lambda src, dst, **_: denied(src, dst))
+    monkeypatch.setattr(imagefiles.atomic.os, "replace", denied)
     out = tmp_path / "out"
     code, stdout, err = _run(capsys, "enhance", photo_dir, "-o", out)
     assert code == 1 and "cannot write the file (Permission denied)" in err and "3 of 3 images failed" in err
@@ -202,10 +205,12 @@ def test_report_write_failure_is_clean(tmp_path, monkeypatch):
     def denied(src, dst):
         raise PermissionError(13, "Permission denied", str(dst))
 
+    with pytest.raises(ValueError, match=r"r\.json: already exists"):
+        write_report(tmp_path / "r.json", {"a": 2})
     monkeypatch.setattr(imagefiles.atomic.os, "replace", denied)  # as root: simulate a read-only folder
     with pytest.raises(ValueError, match=r"r\.json: cannot write the file \(Permission denied\)"):
-        write_report(tmp_path / "r.json", {"a": 2})
-    assert _temporaries(tmp_path) == [] and (tmp_path / "r.json").read_text().startswith("{")
+        write_report(tmp_path / "r.json", {"a": 2}, overwrite=True)
+    assert _temporaries(tmp_path) == [] and json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
 
 
 def test_help_lists_the_new_commands(capsys):

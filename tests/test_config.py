@@ -32,7 +32,7 @@ def test_defaults_follow_the_release():
 
 def test_configs_are_keyword_only_and_frozen():
     with pytest.raises(TypeError):
-        CriticConfig(None, 12)  # noqa: the point is the positional call
+        CriticConfig(None, 12)  # the point is the positional call
     with pytest.raises(dataclasses.FrozenInstanceError):
         ArtistConfig().steps = 3
 
@@ -118,3 +118,17 @@ def test_one_list_of_attention_backends():
     from spc_fast import attention
 
     assert attention.BACKENDS == ATTENTION_BACKENDS
+
+
+def test_flags_combine_with_the_preset_and_refuse_what_cannot_run():
+    parser = cli.build_parser()
+    args = parser.parse_args(["enhance", "x.png", "-o", "y", "--preset", "tiny", "--artist", "t2"])
+    on_tiny = cli.pipeline_config(args)
+    assert on_tiny.critic.weights == "tiny" and on_tiny.artist.weights == "t2"  # the preset's critic counts
+    with pytest.raises(ValueError, match="--artist needs --critic"):
+        cli.pipeline_config(parser.parse_args(["enhance", "x.png", "-o", "y", "--artist", "a"]))
+    with pytest.raises(ValueError, match="xformers applies to the diffusion artist only"):
+        cli.pipeline_config(parser.parse_args(["critique", "x.png", "--critic", "c", "--attention", "xformers"]))
+    both = cli.pipeline_config(parser.parse_args(
+        ["enhance", "x.png", "-o", "y", "--critic", "c", "--artist", "a", "--attention", "xformers"]))
+    assert both.artist.attention == "xformers" and both.critic.attention == "auto"

@@ -26,6 +26,8 @@ from spc_fast.imagefiles import (
     srgb_icc_profile,
 )
 
+EXISTS = r"out\.png: already exists; pass --overwrite to replace it, or --skip-existing to keep it"
+
 # ---- saving ------------------------------------------------------------------------------------------------
 
 
@@ -67,7 +69,7 @@ def test_16bit_png_round_trip_is_exact(tmp_path):
     chw = torch.from_numpy(unit).permute(2, 0, 1)
     for name, tensor in [("t.png", chw), ("contiguous.png", chw.contiguous())]:  # as a model returns it
         np.testing.assert_array_equal(load_image(save_image(tmp_path / name, tensor, bit_depth=16)), unit)
-    with pytest.raises(ImageError, match="PNG only"):
+    with pytest.raises(ImageError, match=r"w\.jpg: 16-bit output is written as PNG or TIFF only"):
         save_image(tmp_path / "w.jpg", unit, bit_depth=16)
     with pytest.raises(ValueError, match="8 or 16"):
         save_image(tmp_path / "w.png", unit, bit_depth=12)
@@ -98,7 +100,7 @@ def test_unknown_extension_and_bad_folders(tmp_path):
 def test_overwrite_refused_unless_asked(tmp_path):
     target = tmp_path / "out.png"
     target.write_bytes(b"keep me")
-    with pytest.raises(ImageError, match=r"out\.png: already exists; pass overwrite=True"):
+    with pytest.raises(ImageError, match=EXISTS):
         save_image(target, random_rgb())
     assert target.read_bytes() == b"keep me"
     save_image(target, random_rgb(), overwrite=True)

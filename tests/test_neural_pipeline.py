@@ -12,6 +12,8 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
+from cli_runs import run_cli as _run  # noqa: E402
+
 from spc_fast import attention, cli, imagefiles  # noqa: E402
 from spc_fast.artist.lora import add_lora  # noqa: E402
 from spc_fast.artists import DiffusionArtist, image_seed  # noqa: E402
@@ -47,11 +49,6 @@ def photo(tmp_path, photos):
     imagefiles.save_image(path, torch.from_numpy(photos["chelsea"][:90, :120]).permute(2, 0, 1).contiguous())
     return path
 
-
-def _run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_enhance_with_neural_critic_and_artist(models, photo, tmp_path, capsys):

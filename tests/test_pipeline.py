@@ -126,3 +126,11 @@ def test_quality_regression(small_photos):
     assert summary.mean_psnr_gain > 3.0
     for photo, info in summary.unperturbed.items():
         assert math.isinf(info["psnr"]) and info["suggestions"] == [], photo
+
+
+@pytest.mark.parametrize(("op", "direction"), [("exposure", 1), ("exposure", -1), ("contrast", 1), ("saturation", 1)])
+def test_repeated_suggestions_are_clamped_to_the_operator_range(op, direction):
+    params, conflicts = retouch_parameters([Suggestion(op, direction, "significantly")] * 40)
+    low, high = retouch.RANGES[op]
+    assert params[op] == (high if direction == 1 else low) and "clamped" in conflicts[0]
+    retouch.apply(torch.zeros(1, 3, 2, 2), **params)  # a value the operator accepts

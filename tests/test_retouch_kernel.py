@@ -9,9 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from retouch_cases import (
     DTYPES,
+    EDGE_ATOL,
+    RANGE_EDGES,
     as_arguments,
     assert_matches_reference,
     batches,
+    full_parameters,
     mean_lightness_after_linear_steps,
     random_images,
     reference,
@@ -104,6 +107,27 @@ def test_kernel_non_contiguous_views():
     assert_matches_reference(
         retouch_chain(*kernel_arguments(view, params)), reference(view, params), torch.float32
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_kernel_at_the_range_ends_matches_the_reference(dtype):
+    # the ends of retouch.RANGES saturate (white, black, gamut boundary) instead of overflowing float32
+    images = random_images(2, 17, 13, dtype, 21)
+    for edge in RANGE_EDGES:
+        params = full_parameters(edge, 2)
+        truth = reference(images, params)
+        assert_matches_reference(retouch_chain(*kernel_arguments(images, params)), truth, dtype, EDGE_ATOL)
+        # and through retouch.apply, which dispatches here and takes the contrast pivot from the stats kernel
+        assert dispatch.use_triton(images, op="retouch_chain")
+        assert_matches_reference(retouch.apply(images, **edge), truth, dtype, EDGE_ATOL)
+
+
+def test_kernel_zero_shift_leaves_pixels_unchanged():
+    images = random_images(2, 9, 7, torch.uint8, 22)
+    params = full_parameters({}, 2)
+    args = list(kernel_arguments(images, params))
+    assert torch.equal(args[1], torch.eye(3).expand(2, 3, 3))  # the zero shift's matrix, exactly
+    assert torch.equal(retouch_chain(*args), images)
 
 
 def test_offsets_beyond_int32_are_refused():

@@ -1,9 +1,10 @@
 """The analytic critic: a weight-free critic that measures an image and answers in the release's tag format.
 
-It reads the tone measures of ``measures.tone_measures`` and the degradation measures of
-``measures.degradation_measures``, checks them against the rules of an ``AnalyticCriticConfig``
-(``critic.rules``, which also says where their numbers come from) and writes a ``CriticOutput``: numbered
-reasoning citing the measured values, suggestions, and a 0-100 score.
+It reads the tone measures of ``measures.tone_measures``, the content measures of ``measures.content_measures``
+(held fixed through simulated edits) and the degradation measures of ``measures.degradation_measures``, checks
+them against the rules of an ``AnalyticCriticConfig`` (``critic.rules``, which also says where their numbers come
+from) and writes a ``CriticOutput``: numbered reasoning citing the measured values, suggestions, and a 0-100
+score.
 
 Choosing magnitudes by simulation. The executor's step per magnitude is fixed (``format.STEPS``), but what a
 step does to a measure depends on the image (clipping, where its tones sit). So the critic simulates: it
@@ -45,15 +46,17 @@ __all__ = ["AnalyticCritic", "Analysis", "check_config", "op_attribute", "simula
 
 def check_config(config: AnalyticCriticConfig) -> None:
     """Raise ValueError naming the first rule that refers to an unknown op or measure."""
-    tone, every = set(measures.TONE_MEASURES), set(measures.TONE_MEASURES) | set(measures.DEGRADATION_MEASURES)
+    tone = set(measures.TONE_MEASURES) | set(measures.CONTENT_MEASURES)
+    every = tone | set(measures.DEGRADATION_MEASURES)
     for rule in config.rules:
-        names = [rule.measure, rule.aim, *(n for n, _ in rule.unless), *([rule.cap[0]] if rule.cap else [])]
+        names = [rule.measure, rule.aim, *(n for n, _ in rule.unless + rule.only_if),
+                 *([rule.cap[0]] if rule.cap else [])]
         if rule.op not in TONE_OPS or rule.direction not in (1, -1):
             raise ValueError(f"rule {rule.name!r}: op must be one of {TONE_OPS} with direction +1 or -1")
         if not set(names) <= tone:
-            raise ValueError(f"rule {rule.name!r}: unknown measure in {names}; use {measures.TONE_MEASURES}")
+            raise ValueError(f"rule {rule.name!r}: unknown measure in {names}; use {sorted(tone)}")
     for rule in config.restoration:
-        names = [rule.measure, *(n for n, _ in rule.unless)]
+        names = [rule.measure, *(n for n, _ in rule.unless + rule.only_if)]
         if not set(names) <= every:
             raise ValueError(f"restoration rule for {rule.op}: unknown measure in {names}")
     if config.sample_pixels < 1 or config.sweeps < 1:
@@ -92,7 +95,9 @@ class AnalyticCritic:
             for op in TONE_OPS
         }
         decisions = {op: [Decision() for _ in range(batch)] for op in TONE_OPS}
-        before = measures.tone_measures(sample, n)
+        per_image = [measures.content_measures(x[None]) for x in image_list]
+        content = {name: torch.cat([m[name] for m in per_image]).to(sample.device) for name in per_image[0]}
+        before = {**measures.tone_measures(sample, n), **content}
         active = torch.arange(batch, device=sample.device)
         for sweep in range(config.sweeps):
             if sweep > 0:
@@ -101,8 +106,8 @@ class AnalyticCritic:
                     break
                 active = torch.tensor(edited, device=sample.device)
             for op in DECISION_ORDER:
-                self._decide(op, sample, params, decisions, active, before if sweep == 0 else None)
-        after = measures.tone_measures(simulate(sample, params), n)
+                self._decide(op, sample, content, params, decisions, active, before if sweep == 0 else None)
+        after = self._measure(sample, content, torch.arange(batch, device=sample.device), params)
         # one host transfer per table, then plain floats per image
         measured = _rows({**before, **dict(zip(photometric.ATTRIBUTE_NAMES,
                                               photometric.attributes_of(image_list).unbind(1), strict=True))})
@@ -114,7 +119,13 @@ class AnalyticCritic:
             for i in range(batch)
         ]
 
-    def _decide(self, op, sample, params, decisions, active, neutral_measures) -> None:
+    def _measure(self, sample, content, rows, parameters) -> dict[str, torch.Tensor]:
+        # Tone measures of sample[rows] edited with ``parameters`` [len(rows)], plus those images' content measures
+        # (a property of the photo, held fixed through the edits).
+        edited = measures.tone_measures(simulate(sample[rows], parameters), self.config.sample_pixels)
+        return {**edited, **{name: v[rows] for name, v in content.items()}}
+
+    def _decide(self, op, sample, content, params, decisions, active, neutral_measures) -> None:
         # Re-decide ``op`` for the images in ``active`` with every other op's parameter simulated in place.
         config = self.config
         rules = [r for r in config.rules if r.op == op]
@@ -125,7 +136,7 @@ class AnalyticCritic:
         if neutral_measures is not None and all(torch.all(p0[k] == NEUTRAL_PARAMETERS[k]) for k in TONE_OPS):
             m0 = {k: v[active] for k, v in neutral_measures.items()}
         else:
-            m0 = measures.tone_measures(simulate(sample[active], p0), config.sample_pixels)
+            m0 = self._measure(sample, content, active, p0)
         severities = torch.stack([severity(r, m0) for r in rules])  # [R, b]
         strongest = severities.argmax(0)
         fired = severities.amax(0) > 0
@@ -144,8 +155,7 @@ class AnalyticCritic:
             trial = {name: v[chosen].repeat_interleave(k) for name, v in p0.items()}
             trial[op] = torch.tensor([value for _, value in options], dtype=torch.float64,
                                      device=sample.device).repeat(chosen.numel())
-            trial_sample = sample[active[chosen]].repeat_interleave(k, dim=0)
-            mk = measures.tone_measures(simulate(trial_sample, trial), config.sample_pixels)
+            mk = self._measure(sample, content, active[chosen].repeat_interleave(k), trial)
             neutral = {name: v[chosen] for name, v in m0.items()}
             repeated = {name: v.repeat_interleave(k) for name, v in neutral.items()}
             quiet_k = [q[chosen].repeat_interleave(k) for q in quiet]

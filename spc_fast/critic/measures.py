@@ -21,6 +21,14 @@ dozens of simulated edits per image. Besides the four photometric attributes the
 - ``illuminant_shift``: the light's colour by the shades-of-grey estimate (Finlayson & Trezzi 2004), the
   Minkowski p = 6 mean of linear RGB, as a McCamy CCT in mired minus the neutral white's (positive = warmer).
 
+Content measures (``CONTENT_MEASURES``) describe the photo, not its rendering: measured once on the input and
+held fixed while edits are simulated. ``colour_variety`` is how far the colours stray from the photo's tone
+curve (its mean colour at each lightness): the image is area-averaged to ``NEUTRAL_SIDE`` pixels on the long
+side (colour noise and JPEG chroma ringing average out, colour regions stay), its pixels are sorted by L* and cut
+into ``TONE_GROUPS`` groups of equal count, and the ``VARIETY_QUANTILE`` percentile of each pixel's (a*, b*)
+distance from its group's mean is taken, in C* units. It is 0 for a grey image and for any image whose colour is a
+function of its lightness: one toning (sepia, cyanotype), one uniform tint, one flat colour.
+
 Degradation measures (``degradation_measures``) need the image's structure: ``sharpness`` is the variance of
 the Laplacian of luma (sRGB values in [0, 1]) at a working size of ``WORK_SIDE`` pixels on the long side;
 ``noise_sigma`` the median absolute deviation of Immerkaer's noise-only high-pass at the native resolution
@@ -49,6 +57,9 @@ NEAR_BLACK = 2.0 / 255.0
 COLOURED_CHROMA = 15.0
 MIDTONES = (25.0, 75.0)  # L* band where the sRGB gamut reaches high chroma at every hue
 MINKOWSKI_P = 6.0
+NEUTRAL_SIDE = 32
+TONE_GROUPS = 32
+VARIETY_QUANTILE = 0.9
 NEUTRAL_MIRED = 1e6 / photometric.NEUTRAL_WHITE_CCT
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -66,6 +77,7 @@ TONE_MEASURES = (
     "colour_clip",
     "illuminant_shift",
 )
+CONTENT_MEASURES = ("colour_variety",)
 DEGRADATION_MEASURES = ("sharpness", "noise_sigma", "haze")
 
 
@@ -164,6 +176,39 @@ def tone_measures(images: torch.Tensor, pixels: int = SAMPLE_PIXELS) -> dict[str
     return {name: out[name].float() for name in TONE_MEASURES}
 
 
+def _working_size(x: torch.Tensor, side: int = WORK_SIDE) -> torch.Tensor:
+    # [B, C, H, W] area-downscaled so that the long side is at most ``side``
+    height, width = x.shape[-2:]
+    scale = side / max(height, width)
+    if scale >= 1.0:
+        return x
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(x, size=size, mode="area")
+
+
+# ---- content -----------------------------------------------------------------------------------------------
+
+
+def colour_variety(images: torch.Tensor) -> torch.Tensor:
+    """Chroma off the image's tone curve, 90th percentile, [B] float32 (module docstring; 0 = no colour variety)."""
+    batch, _ = check_batch(images)
+    small = _working_size(to_unit_float(batch, torch.float32), NEUTRAL_SIDE).flatten(2)  # [B, 3, N]
+    lab = colour_torch.linear_to_lab(colour_torch.srgb_to_linear(small))
+    order = lab[:, 0].argsort(1)
+    ab = lab[:, 1:].gather(2, order[:, None].expand(-1, 2, -1))  # [B, 2, N] by increasing L*
+    n = ab.shape[-1]
+    group = torch.arange(n, device=ab.device) * TONE_GROUPS // n  # [N]: equal-count groups of lightness
+    sums = ab.new_zeros(ab.shape[0], 2, TONE_GROUPS).index_add_(2, group, ab)
+    tone = sums / torch.bincount(group, minlength=TONE_GROUPS).clamp_min(1)  # [B, 2, G]: the tone curve
+    off_curve = (ab - tone.index_select(2, group)).norm(dim=1)  # [B, N]
+    return torch.quantile(off_curve, VARIETY_QUANTILE, dim=1)
+
+
+def content_measures(images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The content measures named in CONTENT_MEASURES (``colour_variety``), each float32 [B]."""
+    return {"colour_variety": colour_variety(images)}
+
+
 # ---- degradations ------------------------------------------------------------------------------------------
 
 _LUMA = (0.2126, 0.7152, 0.0722)
@@ -174,16 +219,6 @@ def _luma(images: torch.Tensor) -> torch.Tensor:
     x = to_unit_float(images, torch.float32)
     weights = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)
     return (x * weights[:, None, None]).sum(1, keepdim=True)
-
-
-def _working_size(x: torch.Tensor, side: int = WORK_SIDE) -> torch.Tensor:
-    # [B, C, H, W] area-downscaled so that the long side is at most ``side``
-    height, width = x.shape[-2:]
-    scale = side / max(height, width)
-    if scale >= 1.0:
-        return x
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    return F.interpolate(x, size=size, mode="area")
 
 
 def sharpness(images: torch.Tensor) -> torch.Tensor:

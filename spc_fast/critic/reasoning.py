@@ -11,7 +11,7 @@ import torch
 from spc_fast import photometric
 from spc_fast.critic import measures
 from spc_fast.critic.format import render, suggestion_phrase
-from spc_fast.critic.rules import AnalyticCriticConfig, Decision, RestorationRule, ToneRule, severity
+from spc_fast.critic.rules import AnalyticCriticConfig, Decision, RestorationRule, ToneRule, held_back, severity
 from spc_fast.critic.vocabulary import (
     CONTRAST,
     EXPOSURE,
@@ -55,6 +55,7 @@ _LABELS = {
     "gamut_saturation_p90": ("gamut-relative chroma (90th percentile)", "{:.2f}"),
     "colour_clip": ("colours clipped to a primary", "{:.2%}"),
     "illuminant_shift": ("shades-of-grey illuminant", "{:+.0f} mired from D65"),
+    "colour_variety": ("colour variety (C* off the tone curve)", "{:.1f}"),
     "sharpness": ("Laplacian variance", "{:.4f}"),
     "noise_sigma": ("noise sigma", "{:.4f}"),
     "haze": ("dark-channel median", "{:.3f}"),
@@ -62,7 +63,7 @@ _LABELS = {
 _ASPECTS = (
     (EXPOSURE, "Exposure", ("exposure", "headroom_ev", "highlight_clip")),
     (CONTRAST, "Contrast", ("contrast", "black_lift", "crushed_and_clipped", "span")),
-    (SATURATION, "Saturation", ("saturation", "gamut_saturation", "colour_clip")),
+    (SATURATION, "Saturation", ("saturation", "gamut_saturation", "colour_clip", "colour_variety")),
     (TEMPERATURE, "Colour temperature", ("cct", "illuminant_shift")),
 )
 _PARAMETER_FORMATS = {EXPOSURE: "{:+.2f} EV", CONTRAST: "x{:.3g}", SATURATION: "x{:.3g}", TEMPERATURE: "{:+.0f} mired"}
@@ -83,6 +84,13 @@ def _verdict(rule: ToneRule | RestorationRule) -> str:
     return f"{problem} ({label} {side} the limit {_value(rule.measure, rule.limit)})"
 
 
+def _left_alone(rule: ToneRule, values: dict[str, float]) -> str:
+    # a rule whose measure is past its limit but that an ``only_if`` measure holds back
+    reasons = [f"{_cited(name, values[name])} is not above {_value(name, limit)}"
+               for name, limit in rule.only_if if not values[name] > limit]
+    return f"{_verdict(rule)} left alone: {', '.join(reasons)}"
+
+
 def _magnitude(s: float) -> str:
     return MAGNITUDES[0 if s < 1.0 else 1 if s < 2.5 else 2]
 
@@ -97,7 +105,7 @@ def op_attribute(op: str) -> str:
 
 
 def _one(values: dict[str, float], rule: ToneRule | RestorationRule) -> dict[str, torch.Tensor]:
-    names = [rule.measure, *(name for name, _ in rule.unless)]
+    names = [rule.measure, *(name for name, _ in rule.unless + rule.only_if)]
     return {name: torch.tensor([values[name]]) for name in names}
 
 
@@ -113,10 +121,12 @@ def write_answer(
     measures of ``image`` are added), the suggestions of ``decisions`` (one per tone op) and restoration rules, and
     the score (module docstring of ``analytic``)."""
     fired_tone = [r for r in config.rules if float(severity(r, _one(measured, r))) > 0]
+    held = [r for r in config.rules if bool(held_back(r, _one(measured, r)))]
     lines, penalties, suggestions = [], [], []
     for op, title, names in _ASPECTS:
         cited = ", ".join(_cited(name, measured[name]) for name in names)
         problems = [_verdict(r) for r in fired_tone if r.op == op]
+        problems += [_left_alone(r, measured) for r in held if r.op == op]
         lines.append(f"{title}: {cited}; {'; '.join(problems) if problems else 'within range'}.")
     restoration = []
     if config.restore:

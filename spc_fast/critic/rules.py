@@ -16,6 +16,19 @@ lies inside their range. The targets were then chosen within that range by runni
 the same four photos, so its numbers are in-sample; ``bench/enhance_quality.py --held-out`` reports a fifth
 photo that took no part. Four photographs are a starting point, not a survey of photography.
 
+Neutral photos. A black-and-white photo, a grey card or a white page has no colour to correct, and a toned
+print (sepia, selenium, cyanotype) has the one colour its maker chose: the critic must not colourise either. What
+the four references have and those lack is colour *variety*: colours that differ at equal lightness
+(``measures.colour_variety``, chroma off the tone curve). So every temperature and saturation rule fires only
+where ``colour_variety`` is above ``NEUTRAL_VARIETY`` = 5 C*. Measured (full size): the references 30.5 / 13.1 /
+14.0 / 14.1 and the held-out photo 18.5; with their chroma halved (the quality benchmark's washed-out cases) still
+6.5-15.4. Grayscale versions of the references measure 0; toned with the common sepia matrix 0.3-2.8, and 1.4-3.5
+after JPEG at quality 50 with 4:2:0 chroma (3.9 at 256 px); a cyanotype ramp 0.3-0.8; grey with colour noise
+(sigma 0.03 per channel) 0.6-0.8. 5 C* lies between the two groups, about twice the just-noticeable colour
+difference (2.3 Delta E*ab). The price: a photo whose colour follows its lightness (a grey scene under one
+coloured light, a uniformly tinted image, a flat colour field) keeps that colour: the critic cannot tell a cast
+from a toning there, and leaving it is the edit that cannot damage.
+
 Why not ranges on the four attributes themselves: on the references mean L* spans 24-50, its standard
 deviation 13-30, mean C* 21-43 and the gray-world CCT 2600-13000 K. Ranges wide enough to leave all four alone
 would let most perturbations through, so the rules read measures that separate a photo's content from its
@@ -24,7 +37,7 @@ rendering (headroom, black point relative to the mean, gamut-relative chroma, th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import torch
@@ -62,9 +75,10 @@ class ToneRule:
     """A tone/colour problem, when it fires, and what its correction aims at.
 
     Fires when ``measure`` is above ``limit`` (``above``) or below it, unless a measure in ``unless`` is above
-    its value. The correction moves ``op`` in ``direction`` and aims ``aim`` at ``target`` (cost
-    ``|aim - target| / scale``; ``one_sided``: only values on the uncorrected side of the target cost). ``cap``
-    = (measure, value): the correction may not push that measure past value in the op's direction.
+    its value, and only where every measure in ``only_if`` is above its value. The correction moves ``op`` in
+    ``direction`` and aims ``aim`` at ``target`` (cost ``|aim - target| / scale``; ``one_sided``: only values on
+    the uncorrected side of the target cost). ``cap`` = (measure, value): the correction may not push that
+    measure past value in the op's direction.
     """
 
     name: str
@@ -80,12 +94,14 @@ class ToneRule:
     one_sided: bool = False
     cap: tuple[str, float] | None = None
     unless: tuple[tuple[str, float], ...] = ()
+    only_if: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
 class RestorationRule:
     """A degradation: suggests ``op`` when ``measure`` is past ``limit`` (above/below), unless a measure in
-    ``unless`` is above its value; magnitude by severity (past the limit in units of ``spread``)."""
+    ``unless`` is above its value, and only where every measure in ``only_if`` is above its value; magnitude by
+    severity (past the limit in units of ``spread``)."""
 
     op: str
     measure: str
@@ -93,6 +109,11 @@ class RestorationRule:
     above: bool
     spread: float
     unless: tuple[tuple[str, float], ...] = ()
+    only_if: tuple[tuple[str, float], ...] = ()
+
+
+NEUTRAL_VARIETY = 5.0  # C* off the tone curve; at or below it the colour is left alone (module docstring)
+_HAS_COLOUR = (("colour_variety", NEUTRAL_VARIETY),)
 
 
 # Limits lie outside all four references (values in the comments: astronaut, chelsea, coffee, rocket).
@@ -111,15 +132,15 @@ DEFAULT_RULES = (
              spread=0.02, aim="span", target=80.0, scale=4.0),
     # gamut-relative chroma p99 0.95 / 0.81 / 0.94 / 0.91
     ToneRule(name="washed-out", op=SATURATION, direction=1, measure="gamut_saturation", limit=0.65,
-             above=False, spread=0.1, aim="gamut_saturation", target=0.92, scale=0.03),
+             above=False, spread=0.1, aim="gamut_saturation", target=0.92, scale=0.03, only_if=_HAS_COLOUR),
     # colour clipped to a primary 0.01 / 0.00 / 0.05 / 0.26 %; gamut-relative chroma p90 0.85 / 0.59 / 0.89 / 0.80
     ToneRule(name="over-saturated", op=SATURATION, direction=-1, measure="colour_clip", limit=0.08, above=True,
-             spread=0.1, aim="gamut_saturation_p90", target=0.7, scale=0.03),
+             spread=0.1, aim="gamut_saturation_p90", target=0.7, scale=0.03, only_if=_HAS_COLOUR),
     # shades-of-grey illuminant +15 / +55 / +31 / +30 mired from D65 (neutral white)
     ToneRule(name="too warm", op=TEMPERATURE, direction=-1, measure="illuminant_shift", limit=60.0, above=True,
-             spread=20.0, aim="illuminant_shift", target=34.0, scale=4.0),
+             spread=20.0, aim="illuminant_shift", target=34.0, scale=4.0, only_if=_HAS_COLOUR),
     ToneRule(name="too cool", op=TEMPERATURE, direction=1, measure="illuminant_shift", limit=9.0, above=False,
-             spread=20.0, aim="illuminant_shift", target=34.0, scale=4.0),
+             spread=20.0, aim="illuminant_shift", target=34.0, scale=4.0, only_if=_HAS_COLOUR),
 )
 
 # Laplacian variance 0.0135 / 0.0062 / 0.0061 / 0.0040; noise sigma 0.0053 / 0.0036 / 0.0069 / 0.0019;
@@ -180,4 +201,11 @@ def severity(rule: ToneRule | RestorationRule, m: dict[str, torch.Tensor]) -> to
     fires = past > 0
     for name, value in rule.unless:
         fires = fires & ~(m[name] > value)
+    for name, value in rule.only_if:
+        fires = fires & (m[name] > value)
     return torch.where(fires, past / rule.spread, torch.zeros_like(past))
+
+
+def held_back(rule: ToneRule | RestorationRule, m: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Where the rule's measure is past its limit but a measure of its ``only_if`` holds it back, [B] bool."""
+    return (severity(replace(rule, only_if=()), m) > 0) & (severity(rule, m) == 0)
