@@ -270,6 +270,11 @@ def run_retouch(args: argparse.Namespace, config: PipelineConfig) -> int:
     from spc_fast import imagefiles, photometric, retouch
     from spc_fast.batch import output_bit_depth
 
+    for name in retouch.RANGES:  # before any reading: a bad value is the flag's problem
+        try:
+            retouch.check_parameter(name, getattr(args, name))
+        except ValueError as error:
+            raise ValueError(f"--{error}") from None
     imagefiles.check_output_path(args.output, source=args.input, overwrite=args.overwrite)
     photo = imagefiles.read_photo(args.input)
     image = photo.pixels

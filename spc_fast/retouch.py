@@ -56,7 +56,7 @@ def _encode_clipped(linear: np.ndarray) -> np.ndarray:
 
 def temperature_reference(image: np.ndarray, delta_mired: float) -> np.ndarray:
     """Temperature shift of one H x W x 3 sRGB image (positive delta_mired = warmer), float64 in [0, 1]."""
-    _check_value("temperature", delta_mired)
+    check_parameter("temperature", delta_mired)
     unit = numpy_to_unit(image)
     if delta_mired == NEUTRAL["temperature"]:
         return unit
@@ -65,7 +65,7 @@ def temperature_reference(image: np.ndarray, delta_mired: float) -> np.ndarray:
 
 def exposure_reference(image: np.ndarray, ev: float) -> np.ndarray:
     """Exposure change of ``ev`` stops of one H x W x 3 sRGB image, float64 in [0, 1]."""
-    _check_value("exposure", ev)
+    check_parameter("exposure", ev)
     unit = numpy_to_unit(image)
     if ev == NEUTRAL["exposure"]:
         return unit
@@ -74,7 +74,7 @@ def exposure_reference(image: np.ndarray, ev: float) -> np.ndarray:
 
 def contrast_reference(image: np.ndarray, c: float) -> np.ndarray:
     """L* stretched by ``c`` around the image's mean L*, float64 in [0, 1]."""
-    _check_value("contrast", c)
+    check_parameter("contrast", c)
     unit = numpy_to_unit(image)
     if c == NEUTRAL["contrast"]:
         return unit
@@ -86,7 +86,7 @@ def contrast_reference(image: np.ndarray, c: float) -> np.ndarray:
 
 def saturation_reference(image: np.ndarray, s: float) -> np.ndarray:
     """a*, b* scaled by ``s``, float64 in [0, 1]."""
-    _check_value("saturation", s)
+    check_parameter("saturation", s)
     unit = numpy_to_unit(image)
     if s == NEUTRAL["saturation"]:
         return unit
@@ -109,7 +109,8 @@ def apply_reference(
     return saturation_reference(image, saturation)
 
 
-def _check_value(name: str, value: float) -> None:
+def check_parameter(name: str, value: float) -> None:
+    """Raise ValueError, naming the range and why it ends there, unless ``value`` is a valid ``name`` parameter."""
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}; pass a real number (neutral: {NEUTRAL[name]})")
     if name == "contrast" and value <= 0.0:
@@ -174,10 +175,10 @@ def _per_image(name: str, value: Param, batch: torch.Tensor, validate: bool) -> 
             return values, False
         host = value.detach().double().cpu()
         for v in host.unique().tolist():
-            _check_value(name, v)
+            check_parameter(name, v)
         return values, bool((host == NEUTRAL[name]).all())
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        _check_value(name, float(value))
+        check_parameter(name, float(value))
         values = torch.full((n,), float(value), dtype=torch.float64, device=batch.device)
         return values, float(value) == NEUTRAL[name]
     raise ValueError(f"{name} must be a Python number or a ({n},) tensor, got {type(value).__name__}")

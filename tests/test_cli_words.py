@@ -84,3 +84,19 @@ def test_existing_output_names_the_flag_not_a_keyword(tmp_path, capsys):
     assert cli.main(["retouch", str(source), "-o", str(tmp_path / "b.png")]) == 1
     err = capsys.readouterr().err
     assert "--overwrite" in err and "overwrite=True" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--exposure", "200", "--exposure=200 EV is out of range; use a value in [-20, 20] EV"),
+        ("--contrast", "0", "--contrast must be > 0, got 0.0"),
+        ("--saturation", "1e9", "--saturation=1e+09 is out of range"),
+        ("--temperature", "-500", "--temperature=-500 mired is out of range"),
+    ],
+)
+def test_retouch_values_out_of_range_name_the_flag(capsys, tmp_path, flag, value, message):
+    out = tmp_path / "b.png"
+    assert cli.main(["retouch", str(tmp_path / "missing.png"), "-o", str(out), flag, value]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and not out.exists()  # checked before the input is even read
