@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from spc_fast import retouch
 from spc_fast.config import ArtistConfig
-from spc_fast.critic.vocabulary import TONE_OPS
+from spc_fast.critic.vocabulary import RESTORATION_OPS, TONE_OPS, CriticOutput
 from spc_fast.executor import NEUTRAL_PARAMETERS, retouch_parameters
-from spc_fast.images import as_image_list, from_unit_float, same_size_groups
+from spc_fast.images import as_image_list, from_unit_float, same_size_groups, to_unit_float
 from spc_fast.roles import Images, Judgement
 
 
@@ -51,15 +51,48 @@ def image_seed(image: torch.Tensor, seed: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def full_res_method(output: CriticOutput, preferred: str) -> str:
+    """How an edit made at the working size reaches the input size: ``preferred`` ("transfer" or "resize"), but
+    "resize" when the critic asked for a restoration (deblur, denoise, dehaze...), which no colour transform
+    reproduces."""
+    return "resize" if any(s.op in RESTORATION_OPS for s in output.suggestions) else preferred
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(images, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def _to_input_size(batch: torch.Tensor, out: torch.Tensor, methods: list[str]) -> torch.Tensor:
+    """The working-size edits ``out`` [B, 3, h, w] in [0, 1] at the size of ``batch``, each by its method."""
+    # imported here: spc_fast.artist loads diffusers, which the rule artist's users need not have
+    from spc_fast.artist.upsample import upsample_edit
+
+    full = torch.empty(batch.shape, dtype=torch.float32, device=batch.device)
+    resize = [k for k, m in enumerate(methods) if m == "resize"]
+    transfer = [k for k, m in enumerate(methods) if m == "transfer"]
+    if resize:
+        full[resize] = _resize(out[resize], batch.shape[-2:])
+    if transfer:
+        source = to_unit_float(batch[transfer])
+        full[transfer] = upsample_edit(source, _resize(source, out.shape[-2:]), out[transfer])
+    return full
+
+
 class DiffusionArtist:
     """Edits with a ``PhotoArtist`` conditioned on the neural critic's H_c: images of one size go through the sampler
     as one batch (generated at about ``config.pixels``, sides multiples of 16) and come back at their input size and
     dtype. Each image's noise is seeded by ``image_seed(image, config.seed)``, so an image gets the same edit whatever
-    batch or order it comes in. ``config`` defaults to the ``PhotoArtist``'s own."""
+    batch or order it comes in. ``config`` defaults to the ``PhotoArtist``'s own.
+
+    The input size is reached by ``config.full_res``: "transfer" fits the edit's local colour transform on the
+    working-size pair and applies it to the full-size photo (``spc_fast.artist.upsample_edit``), "resize" resizes
+    the edit (bicubic); restoration edits are always resized (``full_res_method``). ``last_full_res`` holds what
+    the last ``edit`` did per image ("none" where the working size was the input size)."""
 
     def __init__(self, artist, config: ArtistConfig | None = None) -> None:
         self.artist = artist
         self.config = config or artist.config
+        self.last_full_res: list[str] = []
 
     def edit(self, images: Images, judgement: Judgement) -> list[torch.Tensor]:
         image_list = as_image_list(images)
@@ -71,6 +104,7 @@ class DiffusionArtist:
             )
         config = self.config
         edited: list[torch.Tensor | None] = [None] * len(image_list)
+        methods = ["none"] * len(image_list)
         for indices in same_size_groups(image_list):
             group = judgement.select(indices)
             batch = torch.stack([image_list[i] for i in indices])
@@ -83,9 +117,13 @@ class DiffusionArtist:
                 target_pixels=config.pixels,
                 generator=[torch.Generator().manual_seed(image_seed(image_list[i], config.seed)) for i in indices],
             ).images
+            out = out.clamp(0, 1).to(batch.device)
             if out.shape[-2:] != batch.shape[-2:]:
-                out = F.interpolate(out, size=batch.shape[-2:], mode="bicubic", antialias=True, align_corners=False)
-            out = from_unit_float(out.clamp(0, 1).to(batch.device), batch.dtype)
+                for i in indices:
+                    methods[i] = full_res_method(judgement.outputs[i], config.full_res)
+                out = _to_input_size(batch, out, [methods[i] for i in indices])
+            out = from_unit_float(out, batch.dtype)
             for i, image in zip(indices, out.unbind(0), strict=True):
                 edited[i] = image
+        self.last_full_res = methods
         return edited

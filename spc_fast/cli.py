@@ -16,14 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spc_fast import commands
-from spc_fast.config import ATTENTION_BACKENDS, DTYPES, PRESETS, PipelineConfig, resolve
+from spc_fast.config import ATTENTION_BACKENDS, DTYPES, FULL_RES, PRESETS, PipelineConfig, read_prompts, resolve
 
 logger = logging.getLogger("spc_fast")
 PROG = commands.PROG
 
 # flag -> field, for the flags that configure one model (an error without that model) or both
-_CRITIC_FLAGS = {"critic": "weights", "max_new_tokens": "max_new_tokens"}
-_ARTIST_FLAGS = {"artist": "weights", "release": "release", "steps": "steps", "seed": "seed", "pixels": "pixels"}
+_CRITIC_FLAGS = {"critic": "weights", "max_new_tokens": "max_new_tokens", "critic_prompt": None}  # None: two fields
+_ARTIST_FLAGS = {"artist": "weights", "release": "release", "steps": "steps", "seed": "seed", "pixels": "pixels",
+                 "full_res": "full_res"}
 _SHARED_FLAGS = ("attention", "compile", "device", "dtype")
 
 
@@ -60,6 +61,9 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
     group = parser.add_argument_group("neural models (local directories only; nothing is downloaded)")
     group.add_argument("--critic", metavar="DIR",
                        help="Qwen2.5-VL critic in the release layout (vlm/, optional vlm_lora/), or 'tiny'")
+    group.add_argument("--critic-prompt", type=Path, metavar="FILE",
+                       help="the critic's system line and analysis instruction: a TOML or JSON file with 'system' and "
+                       "'instruction' strings (a release checkpoint was trained with the release's own text)")
     if artist:
         group.add_argument("--artist", metavar="DIR",
                            help="diffusers Qwen-Image-Edit-2509 directory (transformer/, vae/, scheduler/), or "
@@ -72,6 +76,9 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
         group.add_argument("--pixels", type=_whole_number(256), metavar="N",
                            help="the artist generates at about N pixels, sides multiples of 16, then resizes to the "
                            "input size (default 1048576, the model's ~1 MP)")
+        group.add_argument("--full-res", choices=FULL_RES, help="how the edit reaches the input size: transfer fits "
+                           "the edit's local colour transform and applies it to the full-size photo, resize resizes "
+                           "the edit (default transfer; restoration edits are always resized)")
         group.add_argument("--rescore", action="store_true", default=None,
                            help="run the critic again on each edit for the score after and the rank reward")
     group.add_argument("--attention", choices=ATTENTION_BACKENDS,
@@ -94,7 +101,10 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     def given(flags) -> dict[str, object]:
         return {flag: getattr(args, flag) for flag in flags if getattr(args, flag, None) is not None}
 
-    critic = {_CRITIC_FLAGS[f]: str(v) if f == "critic" else v for f, v in given(_CRITIC_FLAGS).items()}
+    critic = {_CRITIC_FLAGS[f]: str(v) if f == "critic" else v for f, v in given(_CRITIC_FLAGS).items()
+              if _CRITIC_FLAGS[f] is not None}
+    if getattr(args, "critic_prompt", None) is not None:
+        critic.update(read_prompts(args.critic_prompt))
     artist = {_ARTIST_FLAGS[f]: str(v) if f in ("artist", "release") else v for f, v in given(_ARTIST_FLAGS).items()}
     shared = given(_SHARED_FLAGS)
     # transformers has no xformers attention: that choice is the artist's alone, and needs an artist

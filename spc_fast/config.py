@@ -41,6 +41,7 @@ ATTENTION_BACKENDS = ("auto", "sdpa", "flash", "xformers")
 DTYPES = ("bfloat16", "float16", "float32")
 TINY = "tiny"  # a weights value: the tiny random-weight model of the real class (tests, benchmarks, demos)
 RELEASE_PIXELS = 1024 * 1024  # the artist works at about 1 MP (SPEC.md §6)
+FULL_RES = ("transfer", "resize")  # how the artist's working-size edit reaches the input size
 
 Config = TypeVar("Config")
 
@@ -99,6 +100,7 @@ class ArtistConfig:
     tiled_decode_pixels: int = 2 * RELEASE_PIXELS  # larger outputs are VAE-decoded in tiles
     device: str | None = None
     dtype: str | None = None
+    full_res: str = "transfer"  # transfer: the edit's colour transform applied at full size; resize: bicubic
 
     def __post_init__(self) -> None:
         # the release scheduler's terminal stretch needs two sigmas
@@ -109,6 +111,7 @@ class ArtistConfig:
             "negative prompt's H_c, which the pipeline does not produce (PhotoArtist.edit takes one directly)",
         )
         _check(self.pixels >= 256, f"artist.pixels must be at least 256, got {self.pixels}")
+        _check(self.full_res in FULL_RES, f"artist.full_res must be {' or '.join(FULL_RES)}, got {self.full_res!r}")
         _check_model_options("artist", self.attention, self.dtype)
 
 
@@ -269,3 +272,25 @@ def resolve(
         except ValueError as error:
             raise ValueError(f"{file}: {error}") from error
     return override(config, overrides)
+
+
+def read_prompts(path: str | Path) -> dict[str, str]:
+    """The critic's instruction texts from a TOML or JSON file holding ``system`` and ``instruction`` strings, as
+    ``CriticConfig`` fields (``system_prompt``, ``instruction``)."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the prompt file ({error.strerror or error})") from error
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise ValueError(f"{path}: not valid {kind}: {error}") from error
+    fields = {"system": "system_prompt", "instruction": "instruction"}
+    if set(data) != set(fields) or not all(isinstance(v, str) and v.strip() for v in data.values()):
+        raise ValueError(f"{path}: a prompt file holds exactly two non-empty strings, 'system' and 'instruction'; "
+                         f"found {sorted(data)}")
+    return {fields[key]: value for key, value in data.items()}

@@ -1,15 +1,21 @@
 """Validation and normalisation of image arrays and tensors, shared by every public entry point.
 
 One place decides what an acceptable image is (SPEC.md §1): uint8 / 255, uint16 / 65535, floats taken as is and
-required to be finite and inside [0, 1]. Errors name the problem and the fix.
+required to be finite and inside [0, 1]. Errors name the problem and the fix. It also holds the release's working
+sizes (SPEC.md §6: the output size, and the edit image the critic sees and the VAE encodes) and their PIL-bicubic
+resizes, which the critic and the artist share.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
+
+from spc_fast.config import RELEASE_PIXELS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TENSOR_DTYPES = (torch.uint8, *FLOAT_DTYPES)
@@ -125,3 +131,57 @@ def same_size_groups(images: Sequence[torch.Tensor], indices: Iterable[int] | No
     for i in range(len(images)) if indices is None else indices:
         groups.setdefault((tuple(images[i].shape), images[i].dtype, images[i].device), []).append(i)
     return list(groups.values())
+
+
+# The release's working sizes (SPEC.md §6): every resize is PIL's bicubic `resize`.
+OUTPUT_MULTIPLE = 16  # VAE 8x and the DiT's 2x2 patches
+EDIT_MULTIPLE = 32  # DiffSynth's edit-image auto-resize
+
+
+def output_size(height: int, width: int, target_pixels: int = RELEASE_PIXELS) -> tuple[int, int]:
+    """(h, w) the release generates for a ``height`` x ``width`` photo: ``h = int(sqrt(P / r))``, ``w = int(h r)``
+    with ``r = width / height``, each side rounded to the nearest multiple of 16 (at least 16)."""
+    ratio = width / height
+    h = int(math.sqrt(target_pixels / ratio))
+    w = int(h * ratio)
+    return _nearest_multiple(h, OUTPUT_MULTIPLE), _nearest_multiple(w, OUTPUT_MULTIPLE)
+
+
+def auto_resize_size(height: int, width: int, target_pixels: int = RELEASE_PIXELS) -> tuple[int, int]:
+    """(h, w) DiffSynth's edit auto-resize gives an image of ``height`` x ``width``: ``w = sqrt(P r)``,
+    ``h = w / r``, each rounded to the nearest multiple of 32 (at least 32: where DiffSynth gives 0 it fails)."""
+    ratio = width / height
+    w = math.sqrt(target_pixels * ratio)
+    h = w / ratio
+    return _nearest_multiple(h, EDIT_MULTIPLE), _nearest_multiple(w, EDIT_MULTIPLE)
+
+
+def edit_image_size(height: int, width: int, target_pixels: int = RELEASE_PIXELS) -> tuple[int, int]:
+    """(h, w) of the edit image of a ``height`` x ``width`` photo (what the critic sees and the VAE encodes): the
+    photo at ``output_size``, auto-resized again."""
+    return auto_resize_size(*output_size(height, width, target_pixels), target_pixels)
+
+
+def _nearest_multiple(n: float, multiple: int) -> int:
+    return max(multiple, round(n / multiple) * multiple)
+
+
+def resize_bicubic(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An H x W x 3 image resized to ``size`` = (h, w) by PIL's bicubic ``resize``: uint8 through PIL's RGB path (the
+    release's arithmetic, bit for bit), float32 through PIL's float ("F") path per channel (the same filter without
+    8-bit rounding)."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image
+    if image.dtype == np.uint8:
+        return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
+    planes = [Image.fromarray(np.ascontiguousarray(image[..., c], np.float32)) for c in range(image.shape[-1])]
+    channels = [np.asarray(plane.resize((w, h), Image.Resampling.BICUBIC)) for plane in planes]
+    return np.stack(channels, axis=-1)
+
+
+def edit_image(image: np.ndarray, target_pixels: int = RELEASE_PIXELS) -> np.ndarray:
+    """The release's edit image of an H x W x 3 photo: resized to ``output_size``, then to ``edit_image_size``."""
+    height, width = image.shape[:2]
+    working = resize_bicubic(image, output_size(height, width, target_pixels))
+    return resize_bicubic(working, auto_resize_size(*working.shape[:2], target_pixels))

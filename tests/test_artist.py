@@ -20,7 +20,13 @@ from PIL import Image  # noqa: E402
 from spc_fast.artist.lora import add_lora, merge_lora, set_adapter, unmerge_lora  # noqa: E402
 from spc_fast.artist.model import REFERENCE, PhotoArtist  # noqa: E402
 from spc_fast.artist.rope import RealQwenRope, apply_real_rope, rotate_pairs, use_real_rope  # noqa: E402
-from spc_fast.artist.sampler import dynamic_shift, output_size, pack_latents, unpack_latents  # noqa: E402
+from spc_fast.artist.sampler import (  # noqa: E402
+    dynamic_shift,
+    edit_image_size,
+    output_size,
+    pack_latents,
+    unpack_latents,
+)
 from spc_fast.config import ArtistConfig  # noqa: E402
 from spc_fast.models.qwen_image import (  # noqa: E402
     DIT_CONFIG,
@@ -186,7 +192,9 @@ def test_batch_per_sample_seeds_and_trajectory(parts):
     assert traj.latents.shape == (3, 2, 6, 64) and traj.x0.shape == (2, 2, 6, 64) and traj.sigmas[-1] == 0
     # last step goes to sigma = 0, so the final latents are that step's x0 estimate
     torch.testing.assert_close(traj.latents[-1], traj.x0[-1], atol=1e-6, rtol=0)
-    assert traj.source.shape == (2, 6, 64) and batched.images.min() >= 0 and batched.images.max() <= 1
+    # the edit image (32 x 64, DiffSynth's auto-resize of 32 x 48) has more tokens than the output size: two shapes
+    assert edit_image_size(32, 48, 32 * 48) == (32, 64) and traj.img_shapes[0] == [(1, 2, 3), (1, 2, 4)]
+    assert traj.source.shape == (2, 8, 64) and batched.images.min() >= 0 and batched.images.max() <= 1
 
 
 def test_resize_any_aspect_and_validation(parts):
@@ -376,15 +384,18 @@ def _rollout(artist: PhotoArtist, steps: int = 3):
     return artist.rollout(images, h_c, mask, num_steps=steps, generator=generators, size=(32, 48)), h_c, mask
 
 
+SMALL = ArtistConfig(pixels=32 * 48)  # rollouts at size=(32, 48): the edit image is 32 x 64 at this target
+
+
 def test_velocity_replays_every_rollout_step(parts):
-    artist = fresh(parts)
+    artist = fresh(parts, SMALL)
     result, h_c, mask = _rollout(artist)
     traj = result.trajectory
     images = torch.stack([torch.from_numpy(photo(s, 32, 48)).permute(2, 0, 1) for s in (0, 1)])
     edited = artist.edit(images, h_c, mask, num_steps=3, size=(32, 48), guidance=1.0,
                          generator=[torch.Generator().manual_seed(s) for s in (10, 11)])
     assert torch.equal(result.images, edited.images), "a rollout is the deterministic sampler without CFG"
-    assert traj.latents.shape == (4, 2, 6, 64) and traj.source.shape == (2, 6, 64)
+    assert traj.latents.shape == (4, 2, 6, 64) and traj.source.shape == (2, 8, 64)
     for i in range(3):
         v = artist.velocity(traj.latents[i], traj.timesteps[i], traj.source, h_c, mask, traj.img_shapes)
         assert v.shape == (2, 6, 64) and v.requires_grad
@@ -404,7 +415,7 @@ def _lora_parameters(transformer, name):
 
 
 def test_velocity_runs_the_chosen_adapter(parts):
-    artist = fresh(parts)
+    artist = fresh(parts, SMALL)
     transformer = artist.transformer
     result, h_c, mask = _rollout(artist, steps=2)
     traj = result.trajectory
@@ -471,7 +482,7 @@ def test_factory_builds_the_configured_artist(parts):
 
 
 def test_rollout_samples_with_the_chosen_adapter(parts):
-    artist = fresh(parts)
+    artist = fresh(parts, SMALL)
     transformer = artist.transformer
     add_lora(transformer, "current")
     add_lora(transformer, "old")

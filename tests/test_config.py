@@ -132,3 +132,31 @@ def test_flags_combine_with_the_preset_and_refuse_what_cannot_run():
     both = cli.pipeline_config(parser.parse_args(
         ["enhance", "x.png", "-o", "y", "--critic", "c", "--artist", "a", "--attention", "xformers"]))
     assert both.artist.attention == "xformers" and both.critic.attention == "auto"
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_prompt_file_sets_the_critic_texts(tmp_path, suffix):
+    path = tmp_path / f"prompts{suffix}"
+    if suffix == ".json":
+        path.write_text('{"system": "You judge photos.", "instruction": "Say what to edit."}')
+    else:
+        path.write_text('system = "You judge photos."\ninstruction = """Say what to edit."""\n')
+    config = cli.pipeline_config(cli.build_parser().parse_args(
+        ["critique", "x.png", "--critic", "c", "--critic-prompt", str(path)]))
+    assert config.critic.system_prompt == "You judge photos." and config.critic.instruction == "Say what to edit."
+    with pytest.raises(ValueError, match="--critic-prompt configure the neural critic"):
+        cli.pipeline_config(cli.build_parser().parse_args(["critique", "x.png", "--critic-prompt", str(path)]))
+
+
+def test_bad_prompt_files_are_named(tmp_path):
+    from spc_fast.config import read_prompts
+
+    path = tmp_path / "p.toml"
+    path.write_text('system = "x"\n')
+    with pytest.raises(ValueError, match="exactly two non-empty strings"):
+        read_prompts(path)
+    path.write_text("system = \n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        read_prompts(path)
+    with pytest.raises(ValueError, match="cannot read the prompt file"):
+        read_prompts(tmp_path / "missing.json")

@@ -43,7 +43,9 @@ def _images(sizes, seed=0):
     return [rs.randint(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
 
 
-SIZES = [(60, 90), (112, 100), (28, 28)]  # different image-token counts -> different prompt lengths
+# different image-token counts -> different prompt lengths (12, 10 and 16: the critic sees each photo's edit image,
+# about 1 MP, which the tiny processor then caps at 112 x 112)
+SIZES = [(60, 90), (50, 100), (28, 28)]
 
 
 def test_tiny_model_is_the_real_architecture(tiny):
@@ -171,14 +173,14 @@ def test_hidden_states_are_eq1(critic):
     rollout = critic.sample(images)
     got = rollout.judgement
     b, s, d = got.hidden.shape
-    total = rollout.prompt_lengths + rollout.lengths
+    total = rollout.prompt_lengths + rollout.lengths - 1  # the last generated token is never fed
     assert (b, s, d) == (3, int(total.max()), critic.model.config.text_config.hidden_size)
     assert got.mask.dtype == torch.long and got.mask.sum(1).tolist() == total.tolist()
     assert (got.mask.cumsum(1) == got.mask.sum(1, keepdim=True)).logical_or(got.mask.bool()).all(), "right padding"
     assert (got.hidden[~got.mask.bool()] == 0).all()
     for i, image in enumerate(images):
         single = critic.build_inputs([image], bucket=1)
-        generated = rollout.tokens[i : i + 1, : rollout.lengths[i]]
+        generated = rollout.tokens[i : i + 1, : rollout.lengths[i] - 1]
         ids = torch.cat([single["input_ids"], generated], 1)
         types = torch.cat([single["mm_token_type_ids"], torch.zeros_like(generated)], 1)
         with torch.inference_mode():
@@ -292,7 +294,7 @@ def test_compiled_decode_step_no_recompiles(tiny):
     torch._dynamo.reset()
     compiled = ImageCritic(model, processor, dataclasses.replace(_short(6), compile=True), compile_backend="aot_eager")
     eager = ImageCritic(model, processor, _short(6))
-    first, second = _images([(60, 90), (28, 28)], seed=1), _images([(112, 100), (56, 56)], seed=2)
+    first, second = _images([(60, 90), (28, 28)], seed=1), _images([(50, 100), (30, 90)], seed=2)
     lengths = [compiled.build_inputs(x, bucket=1)["attention_mask"].sum(1).tolist() for x in (first, second)]
     assert lengths[0] != lengths[1]
     assert compiled.build_inputs(first)["input_ids"].shape == compiled.build_inputs(second)["input_ids"].shape

@@ -127,3 +127,16 @@ def test_load_artist_merges_the_release_lora(models):
     layers = [m for m in artist.transformer.modules() if isinstance(m, BaseTunerLayer)]
     assert len(layers) == 2 * len(qwen_image.LORA_TARGETS) and all(layer.merged for layer in layers)
     assert artist.transformer.dtype == torch.float32 and artist.attention == "sdpa"
+
+
+def test_release_critic_without_a_prompt_file_says_how_to_pass_one(models, caplog):
+    from spc_fast import notices
+    from spc_fast.config import CriticConfig
+    from spc_fast.models import load_critic
+
+    notices.forget()
+    with caplog.at_level("WARNING", logger="spc_fast.models.factory"):
+        load_critic(models / "critic", CriticConfig(device="cpu", max_new_tokens=4))
+        load_critic(models / "critic", CriticConfig(device="cpu", max_new_tokens=4, instruction="Judge it."))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "--critic-prompt FILE" in said[0]

@@ -1,5 +1,6 @@
 """The Photographic Artist: the Qwen-Image-Edit DiT, its VAE and the flow-matching sampler (``PhotoArtist``, with its
-training entry points ``rollout`` and ``velocity``), the real-valued RoPE and the named LoRA adapters."""
+training entry points ``rollout`` and ``velocity``), the real-valued RoPE, the named LoRA adapters and
+the full-resolution transfer of an edit (``upsample_edit``)."""
 
 from spc_fast.artist.lora import add_lora, merge_lora, set_adapter, unmerge_lora
 from spc_fast.artist.model import EditResult, PhotoArtist
@@ -14,6 +15,7 @@ from spc_fast.artist.sampler import (
     schedule,
     unpack_latents,
 )
+from spc_fast.artist.upsample import upsample_edit
 
 __all__ = [
     "EditResult",
@@ -33,5 +35,6 @@ __all__ = [
     "set_adapter",
     "unmerge_lora",
     "unpack_latents",
+    "upsample_edit",
     "use_real_rope",
 ]

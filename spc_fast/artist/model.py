@@ -10,25 +10,17 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
 from spc_fast.adapters import adapter_active, adapters_disabled
 from spc_fast.artist.rope import use_real_rope
-from spc_fast.artist.sampler import (
-    MULTIPLE,
-    Trajectory,
-    denoise,
-    output_size,
-    pack_latents,
-    predict_velocity,
-    schedule,
-    unpack_latents,
-)
+from spc_fast.artist.sampler import Trajectory, denoise, pack_latents, predict_velocity, schedule, unpack_latents
 from spc_fast.attention import notice, refuse, set_dit_attention
 from spc_fast.config import ArtistConfig
-from spc_fast.images import check_batch, to_unit_float
+from spc_fast.images import OUTPUT_MULTIPLE as MULTIPLE
+from spc_fast.images import auto_resize_size, check_batch, output_size, resize_bicubic, to_unit_float
 
 DEFAULT_CONFIG = ArtistConfig()
 
@@ -160,9 +152,11 @@ class PhotoArtist:
     ) -> EditResult:
         """Edit a batch of same-size images conditioned on H_c [B, L, D] (right-padded, mask [B, L]).
 
-        The output keeps each image's aspect ratio at about ``target_pixels`` with sides multiple of 16, or is
-        ``size``. ``generator``: one for the batch or one per image (per-sample seeds, as diffusers'
-        ``randn_tensor``). None takes the config's ``steps``, ``guidance`` and ``pixels``.
+        Sizes are the release's (SPEC.md §6): the output is ``output_size(H, W, target_pixels)`` (or ``size``), and
+        the source the DiT sees is the edit image, that resized photo auto-resized again (``auto_resize_size``),
+        both by PIL's bicubic resize (``release_resize``). ``generator``: one for the batch or one per image
+        (per-sample seeds, as diffusers' ``randn_tensor``). None takes the config's ``steps``, ``guidance`` and
+        ``pixels``.
         """
         config = self.config
         num_steps = config.steps if num_steps is None else num_steps
@@ -175,25 +169,18 @@ class PhotoArtist:
             raise ValueError("guidance > 1 needs negative=(embeddings, mask) for true classifier-free guidance")
         if negative is not None:
             negative = self._conditioning(*negative, b)
-        least = 2 if self.scheduler.config.get("shift_terminal") else 1
-        if num_steps < least:
-            raise ValueError(
-                f"num_steps must be >= {least} (a terminal-stretched schedule needs two sigmas), got {num_steps}"
-            )
         h, w = size if size is not None else output_size(images.shape[2], images.shape[3], target_pixels)
         if h % MULTIPLE or w % MULTIPLE:
             raise ValueError(f"size {(h, w)} must have sides that are multiples of {MULTIPLE}")
-
+        h2, w2 = auto_resize_size(h, w, target_pixels)
         device, dtype = self.transformer.device, self.transformer.dtype
-        pixels = to_unit_float(images).to(device)
-        if pixels.shape[-2:] != (h, w):
-            pixels = F.interpolate(pixels, size=(h, w), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        source = pack_latents(self.encode(pixels).to(dtype))  # [B, S, 64]
+        sigmas, timesteps = schedule(self.scheduler, num_steps, (h // MULTIPLE) * (w // MULTIPLE), device)
+        pixels = release_resize(images, (h, w), (h2, w2)).to(device)
+        source = pack_latents(self.encode(pixels).to(dtype))  # [B, S', 64]: the edit image's tokens
         lh, lw = h // 8, w // 8
         zc = self.vae.config.z_dim
         noise = pack_latents(self._noise((b, 1, zc, lh, lw), generator, device, dtype).reshape(b, zc, lh, lw))
-        img_shapes = [[(1, lh // 2, lw // 2), (1, lh // 2, lw // 2)]] * b
-        sigmas, timesteps = schedule(self.scheduler, num_steps, noise.shape[1], device)
+        img_shapes = [[(1, h // MULTIPLE, w // MULTIPLE), (1, h2 // MULTIPLE, w2 // MULTIPLE)]] * b
         latents, trajectory = denoise(
             self.denoiser,
             noise,
@@ -268,3 +255,13 @@ class PhotoArtist:
         """Inside ``with artist.reference():`` the DiT runs with its LoRA adapters disabled (the reference policy of
         the NFT KL term, no second copy of the weights); a no-op for a DiT without adapters."""
         return adapters_disabled(self.transformer)
+
+
+def release_resize(images: torch.Tensor, size: tuple[int, int], edit_size: tuple[int, int]) -> torch.Tensor:
+    """[B, 3, H, W] images (uint8 or float in [0, 1]) resized to ``size``, then to ``edit_size``, each by PIL's bicubic
+    resize (``spc_fast.images.resize_bicubic``: uint8 bit-exact with the release, floats without 8-bit rounding):
+    [B, 3, h2, w2] float32 in [0, 1] on the CPU."""
+    arrays = images.permute(0, 2, 3, 1).cpu()
+    arrays = arrays.numpy() if images.dtype == torch.uint8 else arrays.float().numpy()
+    out = [resize_bicubic(resize_bicubic(a, size), edit_size) for a in arrays]
+    return to_unit_float(torch.from_numpy(np.stack(out))).permute(0, 3, 1, 2).clamp(0, 1).contiguous()

@@ -1,30 +1,37 @@
 """Flow-matching Euler sampling in the Qwen-Image-Edit-2509 layout, written out so RL rollouts can use every step.
 
 Latents: the VAE gives [B, 16, 1, h, w] at 1/8 of the pixel size; normalised as (z - mean) / std per channel and
-packed into 2x2 patches, [B, (h/2)(w/2), 64], the DiT's tokens. Per step the noisy tokens and the source image's
-tokens are concatenated on the sequence axis, the DiT sees `img_shapes = [(1, h/2, w/2), (1, h/2, w/2)]` per sample,
-and only the first (noisy) part of its prediction is kept. Flow matching: x_t = (1 - t) x0 + t eps, v = eps - x0, so
-an Euler step is x <- x + (sigma_next - sigma) v and the clean estimate is x0 = x_t - sigma v.
+packed into 2x2 patches, [B, (h/2)(w/2), 64], the DiT's tokens. Per step the noisy tokens (at the output size
+H x W) and the source tokens (the edit image, h2 x w2, SPEC.md §6) are concatenated on the sequence axis, noise first,
+the DiT sees `img_shapes = [(1, H/16, W/16), (1, h2/16, w2/16)]` per sample, and only the first (noisy) part of its
+prediction is kept. Flow matching: x_t = (1 - t) x0 + t eps, v = eps - x0, so an Euler step is
+x <- x + (sigma_next - sigma) v and the clean estimate is x0 = x_t - sigma v.
+
+`schedule` with the release's scheduler config is DiffSynth's Qwen-Image schedule (tests/test_release_fidelity.py); it
+needs at least two steps: with one, the terminal stretch divides 0 by 0 (DiffSynth's formula included).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-MULTIPLE = 16  # VAE 8x and the DiT's 2x2 patches
+from spc_fast.images import edit_image_size, output_size
 
-
-def output_size(height: int, width: int, target_pixels: int) -> tuple[int, int]:
-    """(h, w) with about `target_pixels` pixels, the aspect ratio of (height, width), sides multiples of 16."""
-    ratio = width / height
-    w = math.sqrt(target_pixels * ratio)
-    h = w / ratio
-    return max(MULTIPLE, round(h / MULTIPLE) * MULTIPLE), max(MULTIPLE, round(w / MULTIPLE) * MULTIPLE)
+__all__ = [
+    "Trajectory",
+    "denoise",
+    "dynamic_shift",
+    "edit_image_size",
+    "output_size",
+    "pack_latents",
+    "predict_velocity",
+    "schedule",
+    "unpack_latents",
+]
 
 
 def pack_latents(z: torch.Tensor) -> torch.Tensor:
@@ -51,7 +58,13 @@ def dynamic_shift(image_seq_len: int, scheduler: FlowMatchEulerDiscreteScheduler
 def schedule(
     scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, image_seq_len: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigmas [T + 1] ending at 0, timesteps [T] = 1000 sigma) from the scheduler with the dynamic shift."""
+    """(sigmas [T + 1] ending at 0, timesteps [T] = 1000 sigma) from the scheduler with the dynamic shift (mu from
+    ``image_seq_len``, the noise tokens (h/16)(w/16))."""
+    least = 2 if scheduler.config.get("shift_terminal") else 1
+    if num_steps < least:
+        raise ValueError(
+            f"num_steps must be >= {least} (a one-step schedule's terminal stretch divides 0 by 0), got {num_steps}"
+        )
     base = np.linspace(1.0, 1.0 / num_steps, num_steps)
     scheduler.set_timesteps(num_steps, device=device, sigmas=base, mu=dynamic_shift(image_seq_len, scheduler))
     return scheduler.sigmas.to(device), scheduler.timesteps.to(device)
@@ -61,12 +74,12 @@ def schedule(
 class Trajectory:
     """Every step of one batched sampling run, in packed tokens: what an RL trainer replays."""
 
-    latents: torch.Tensor  # [T + 1, B, S, 64]: x_T (the noise) ... x_0
+    latents: torch.Tensor  # [T + 1, B, S, 64]: x_T (the noise) ... x_0, at the output size
     x0: torch.Tensor  # [T, B, S, 64]: x_t - sigma_t v at each step
     sigmas: torch.Tensor  # [T + 1]
     timesteps: torch.Tensor  # [T]
-    source: torch.Tensor  # [B, S, 64]: the source image's tokens
-    img_shapes: list
+    source: torch.Tensor  # [B, S', 64]: the edit image's tokens (S' may differ from S)
+    img_shapes: list  # per sample [(1, H/16, W/16), (1, h2/16, w2/16)]: noise tokens, then source tokens
 
 
 def predict_velocity(
@@ -78,9 +91,10 @@ def predict_velocity(
     h_c_mask: torch.Tensor | None,
     img_shapes: list,
 ) -> torch.Tensor:
-    """The DiT's velocity for the noisy tokens ``x`` [B, S, 64] next to the source tokens, at ``t`` [B] in [0, 1]
+    """The DiT's velocity for the noisy tokens ``x`` [B, S, 64] next to the source tokens [B, S', 64] (after them, as
+    ``img_shapes`` lists them), at ``t`` [B] in [0, 1]
     (the scheduler's timestep / 1000): [B, S, 64], the noisy part of the prediction."""
-    tokens = torch.cat([x, source], dim=1)  # [B, S + S_src, 64]
+    tokens = torch.cat([x, source], dim=1)  # [B, S + S', 64]
     out = denoiser(
         hidden_states=tokens,
         timestep=t,

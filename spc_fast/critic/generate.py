@@ -1,7 +1,7 @@
 """Batched generation for the Qwen2.5-VL critic the gpt-fast way: a static KV cache (fixed shapes), a one-token
 decode step that ``torch.compile(fullgraph=True)`` captures once, sampling on the device without a host sync per
-token, the last-layer state of every position kept for H_c (SPEC.md eq. 1), and each sampled token's log-probability
-kept for the RL trainer.
+token, the last-layer state of every position kept for H_c (SPEC.md eq. 1 and §6: prompt + generated - 1 rows), and
+each sampled token's log-probability kept for the RL trainer.
 
 The prompt is left-padded to a multiple of ``bucket`` tokens so prefill shapes repeat across batches, and the
 cache holds ``prompt + max_new_tokens`` positions, so the decode step sees one shape per (batch, bucket).
@@ -24,7 +24,7 @@ class Generation:
     tokens: torch.Tensor  # [B, T] generated ids, pad after each sample's stop token
     lengths: torch.Tensor  # [B] generated tokens per sample, stop token included
     logprobs: torch.Tensor  # [B, T] float32 log_softmax(logits / temperature)[token] (greedy: temperature 1), 0 on pad
-    hidden: torch.Tensor  # [B, S, D] H_c: prompt states then one state per generated token, right-padded
+    hidden: torch.Tensor  # [B, S, D] H_c: prompt states, then one per generated token but the last; right-padded
     mask: torch.Tensor  # [B, S] 1 for real positions
     prompt_lengths: torch.Tensor  # [B] real (unpadded) prompt tokens
 
@@ -160,13 +160,16 @@ class StaticGenerator:
                 lengths += (~done).long()
                 tokens.append(token)
                 done = done | torch.isin(token, stop_ids)
+                if t == max_new_tokens - 1:
+                    break  # the last token is never fed: its state would predict nothing (H_c, SPEC.md §6)
                 position = (next_position + t).view(1, batch, 1).expand(3, batch, 1)
                 state, logits = self.step(model, token[:, None], position, mask, cache)
                 states.append(state.clone())
                 if (t + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):
                     break
         generated = torch.stack(tokens, dim=1)  # [B, T]
-        hidden, hidden_mask = _join_states(prompt_states, torch.stack(states, dim=1), prompt_lengths, lengths)
+        steps = torch.stack(states, dim=1) if states else prompt_states[:, :0]  # [B, T or T - 1, D]
+        hidden, hidden_mask = _join_states(prompt_states, steps, prompt_lengths, lengths)
         return Generation(generated, lengths, torch.stack(logprobs, dim=1), hidden, hidden_mask, prompt_lengths)
 
 
@@ -187,11 +190,12 @@ def _text_attention(model, implementation: str):
 def _join_states(
     prompt_states: torch.Tensor, step_states: torch.Tensor, prompt_lengths: torch.Tensor, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded H_c: each sample's real prompt states (the end of the left-padded prefill) followed by its
-    first ``lengths`` step states. The real positions of a sample are one contiguous run of ``joined``."""
-    joined = torch.cat([prompt_states, step_states], dim=1)  # [B, L + T, D]
-    batch, prompt_len = prompt_states.shape[:2]
-    total = prompt_lengths + lengths  # [B]
+    """Right-padded H_c as ``generate(output_hidden_states=True)`` yields it: each sample's real prompt states (the
+    end of the left-padded prefill) followed by the states of its first ``lengths - 1`` fed tokens (the last
+    generated token is never fed). The real positions of a sample are one contiguous run of ``joined``."""
+    joined = torch.cat([prompt_states, step_states], dim=1)  # [B, L + T', D]
+    prompt_len = prompt_states.shape[1]
+    total = prompt_lengths + lengths - 1  # [B]
     width = int(total.max())
     offsets = torch.arange(width, device=joined.device)  # [S]
     mask = offsets[None, :] < total[:, None]  # [B, S]

@@ -108,8 +108,10 @@ class ImageCritic:
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def build_inputs(self, images: ImageInput, bucket: int | None = None) -> dict[str, torch.Tensor]:
-        """Processor outputs for a batch (left-padded, then padded on the left to a multiple of ``bucket``)."""
-        arrays = _as_arrays(images)
+        """Processor outputs for a batch (left-padded, then padded on the left to a multiple of ``bucket``). Each
+        image is first resized to the release's edit image (``spc_fast.images.edit_image``: the photo at the artist's
+        output size, auto-resized again, by PIL's bicubic resize), the image the artist encodes (SPEC.md §6)."""
+        arrays = [image_checks.edit_image(a) for a in _as_arrays(images)]
         self.processor.tokenizer.padding_side = "left"
         inputs = self.processor(text=[self.chat_text()] * len(arrays), images=arrays, return_tensors="pt", padding=True)
         inputs = bucket_left_pad(dict(inputs), bucket or self.bucket, self.pad_id)

@@ -10,6 +10,7 @@ critic's decode step and the artist's DiT; on CUDA with CUDA graphs (``mode="red
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -23,10 +24,13 @@ from spc_fast.critic.model import ImageCritic
 from spc_fast.critic.prompts import ANALYSIS_PROMPT, SYSTEM_PROMPT
 from spc_fast.critic.vocabulary import MAGNITUDES, OPS, RESTORATION_OPS, CriticOutput, Suggestion
 from spc_fast.models import qwen_image, qwen_vl
+from spc_fast.notices import say_once
 
 DEFAULT_CRITIC = CriticConfig()
 DEFAULT_ARTIST = ArtistConfig()
 
+
+logger = logging.getLogger(__name__)
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -85,6 +89,10 @@ def _critic(config: CriticConfig, seed: int) -> ImageCritic:
         model, processor = qwen_vl.build_tiny_critic(seed, corpus=tiny_critic_corpus())
         model = _placed(model, device, dtype)
     else:
+        if (config.system_prompt, config.instruction) == (SYSTEM_PROMPT, ANALYSIS_PROMPT):
+            say_once(logger, "the critic's checkpoint was trained with the release's own system line and analysis "
+                     "instruction, and it runs with spc-fast's wording now; pass the release's text with "
+                     "--critic-prompt FILE (TOML or JSON with 'system' and 'instruction', see the README)")
         model, processor = qwen_vl.load_critic(weights, dtype=dtype, device=device)
     return critic_from(model, processor, config)
 
