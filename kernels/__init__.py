@@ -1,8 +1,9 @@
 """Fused Triton kernels, one op per module, each with its launcher, beside its public entry and torch reference.
 
 Imported as ``spc_fast.kernels`` (the folder ``kernels/`` is mapped onto that name by pyproject.toml).
-- Kernel modules (import Triton): ``photometric_stats``, ``retouch_chain``, ``nft``, ``grpo``, and their shared
-  ``@triton.jit`` colour helpers ``tl_colour``.
+- Kernel modules (import Triton): ``photometric_stats``, ``retouch_chain``, ``nft``, ``grpo``, ``bilateral_slice``
+  (the full-resolution slice of ``spc_fast.artist.upsample``), and their shared ``@triton.jit`` colour helpers
+  ``tl_colour``.
 - Triton-free modules, imported here: the public RL losses (``nft_entry``, ``grpo_entry``) with their inputs
   (``loss_inputs``), the torch references (``references``), the dispatch rule (``dispatch``), the device's SM count
   for grid sizing (``grid``) and the photometric statistics contract (``photometric_partials``).

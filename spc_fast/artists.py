@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from spc_fast import retouch
 from spc_fast.config import ArtistConfig
-from spc_fast.critic.vocabulary import RESTORATION_OPS, TONE_OPS, CriticOutput
+from spc_fast.critic.vocabulary import OPS, RESTORATION_OPS, TONE_OPS, CriticOutput
 from spc_fast.executor import NEUTRAL_PARAMETERS, retouch_parameters
 from spc_fast.images import as_image_list, from_unit_float, same_size_groups, to_unit_float
 from spc_fast.roles import Images, Judgement
@@ -26,12 +26,19 @@ def _check_count(images: list[torch.Tensor], judgement: Judgement) -> None:
 class RuleArtist:
     """Executes tone/colour suggestions with ``retouch.apply`` (batched per image size, per-image parameters).
 
-    Restoration, depth-of-field and bokeh suggestions are not executed (``EnhanceRecord.not_executed``).
+    Restoration, depth-of-field and bokeh suggestions are not executed (``EnhanceRecord.not_executed``). It edits
+    at the input size, so ``last_full_res`` is "none" for every image.
     """
+
+    executes = frozenset(TONE_OPS)
+
+    def __init__(self) -> None:
+        self.last_full_res: list[str] = []
 
     def edit(self, images: Images, judgement: Judgement) -> list[torch.Tensor]:
         image_list = as_image_list(images)
         _check_count(image_list, judgement)
+        self.last_full_res = ["none"] * len(image_list)
         params = [retouch_parameters(o.suggestions)[0] for o in judgement.outputs]
         edited: list[torch.Tensor | None] = [
             image if p == NEUTRAL_PARAMETERS else None for image, p in zip(image_list, params, strict=True)
@@ -88,6 +95,8 @@ class DiffusionArtist:
     working-size pair and applies it to the full-size photo (``spc_fast.artist.upsample_edit``), "resize" resizes
     the edit (bicubic); restoration edits are always resized (``full_res_method``). ``last_full_res`` holds what
     the last ``edit`` did per image ("none" where the working size was the input size)."""
+
+    executes = frozenset(OPS)  # the DiT edits whatever H_c asks for, restoration included
 
     def __init__(self, artist, config: ArtistConfig | None = None) -> None:
         self.artist = artist

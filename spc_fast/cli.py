@@ -1,13 +1,17 @@
-"""The ``spc-fast`` command line: ``enhance``, ``critique``, ``analyze``, ``retouch`` and ``bench``.
+"""The ``spc-fast`` command line: ``enhance``, ``edit``, ``critique``, ``analyze``, ``retouch``; ``bench``, ``train``
+and ``data`` hand their arguments to their own parsers (``spc_fast.bench.runner``, ``spc_fast.training.cli``,
+``spc_fast.training.data.cli``).
 
-argparse lives here and only here. Model and pipeline flags map onto ``spc_fast.config.PipelineConfig`` (preset,
-then ``--config FILE``, then ``--set key=value``, then the flags); ``spc_fast.commands`` runs the subcommands.
+argparse lives here and in those three modules only. Model and pipeline flags map onto
+``spc_fast.config.PipelineConfig`` (preset, then ``--config FILE``, then ``--set key=value``, then the flags);
+``spc_fast.commands`` runs the subcommands.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import signal
 import sys
@@ -15,16 +19,16 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from spc_fast import commands
+from spc_fast import batch_command, commands
 from spc_fast.config import ATTENTION_BACKENDS, DTYPES, FULL_RES, PRESETS, PipelineConfig, read_prompts, resolve
 
 logger = logging.getLogger("spc_fast")
-PROG = commands.PROG
+PROG = batch_command.PROG
 
 # flag -> field, for the flags that configure one model (an error without that model) or both
 _CRITIC_FLAGS = {"critic": "weights", "max_new_tokens": "max_new_tokens", "critic_prompt": None}  # None: two fields
 _ARTIST_FLAGS = {"artist": "weights", "release": "release", "steps": "steps", "seed": "seed", "pixels": "pixels",
-                 "full_res": "full_res"}
+                 "full_res": "full_res", "release_mlp": "release_mlp"}
 _SHARED_FLAGS = ("attention", "compile", "device", "dtype")
 
 
@@ -51,7 +55,9 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
+def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool, generates: bool = True) -> None:
+    """The configuration and model flags; ``generates``: the critic writes an answer (not in edit mode, which has
+    no --max-new-tokens and no --rescore)."""
     config = parser.add_argument_group("configuration (preset, then file, then --set, then the flags below)")
     config.add_argument("--preset", choices=tuple(PRESETS), default="analytic",
                         help="named configuration (default analytic: no weights; tiny: tiny random-weight models)")
@@ -76,20 +82,44 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool) -> None:
         group.add_argument("--pixels", type=_whole_number(256), metavar="N",
                            help="the artist generates at about N pixels, sides multiples of 16, then resizes to the "
                            "input size (default 1048576, the model's ~1 MP)")
+        group.add_argument("--release-mlp", action="store_true", default=None,
+                           help="run the DiT's feed-forwards with the release's x*sigmoid(1.702x) activation "
+                           "(DiffSynth's, which the release ran) instead of tanh-GELU")
         group.add_argument("--full-res", choices=FULL_RES, help="how the edit reaches the input size: transfer fits "
                            "the edit's local colour transform and applies it to the full-size photo, resize resizes "
                            "the edit (default transfer; restoration edits are always resized)")
-        group.add_argument("--rescore", action="store_true", default=None,
-                           help="run the critic again on each edit for the score after and the rank reward")
+        if generates:
+            group.add_argument("--rescore", action="store_true", default=None,
+                               help="run the critic again on each edit for the score after and the rank reward")
     group.add_argument("--attention", choices=ATTENTION_BACKENDS,
                        help="attention backend of both models (default auto: flash-attn when it can run, else SDPA; "
                        "an explicit backend that cannot run is an error; xformers applies to the artist only)")
     group.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the decode step and the DiT")
-    group.add_argument("--max-new-tokens", type=_whole_number(1), metavar="N",
-                       help="critic answer length cap (default 1280, the release's)")
+    if generates:
+        group.add_argument("--max-new-tokens", type=_whole_number(1), metavar="N",
+                           help="critic answer length cap (default 1280, the release's)")
     group.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda when available)")
     group.add_argument("--dtype", choices=DTYPES, help="model precision (default: bfloat16 on CUDA, float32 on CPU)")
+
+
+def _file_arguments(parser: argparse.ArgumentParser, done: str) -> None:
+    """Inputs, output, report and the flags for existing outputs and batching: what enhance and edit share."""
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files or folders of images")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUT",
+        help="output file (one input file) or folder (several inputs or a folder; created if missing)",
+    )
+    parser.add_argument("--report", type=Path, metavar="JSON", help="write each image's critique, attributes "
+                        "before/after and rewards, the failures and what was skipped to this JSON file (never an "
+                        "input or an output of the run; an existing file only with --overwrite)")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs (even the inputs) "
+                          "and an existing report")
+    existing.add_argument("--skip-existing", action="store_true", help="leave inputs whose output exists alone "
+                          "(resumes an interrupted folder run)")
+    parser.add_argument("--batch", type=_whole_number(1), metavar="N", help=f"images {done} together "
+                        "(default 1); the neural models batch the images of one size")
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
@@ -129,7 +159,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="SmartPhotoCrafter, fast: critique and edit photographs.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {commands.version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {batch_command.version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what runs and why")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -137,23 +167,22 @@ def build_parser() -> argparse.ArgumentParser:
         "enhance", help="critique and edit images (analytic or neural critic, rule or diffusion artist)",
         description=commands.run_enhance.__doc__,
     )
-    enhance.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files or folders of images")
-    enhance.add_argument(
-        "-o", "--output", type=Path, required=True, metavar="OUT",
-        help="output file (one input file) or folder (several inputs or a folder; created if missing)",
-    )
-    enhance.add_argument("--report", type=Path, metavar="JSON", help="write each image's critique, attributes "
-                         "before/after and rewards, the failures and what was skipped to this JSON file (never an "
-                         "input or an output of the run; an existing file only with --overwrite)")
-    existing = enhance.add_mutually_exclusive_group()
-    existing.add_argument("--overwrite", action="store_true", help="replace existing outputs (even the inputs) "
-                          "and an existing report")
-    existing.add_argument("--skip-existing", action="store_true", help="leave inputs whose output exists alone "
-                          "(resumes an interrupted folder run)")
-    enhance.add_argument("--batch", type=_whole_number(1), metavar="N", help="images enhanced together "
-                         "(default 1); the neural models batch the images of one size")
+    _file_arguments(enhance, "enhanced")
     _model_arguments(enhance, artist=True)
     enhance.set_defaults(run=commands.run_enhance)
+
+    edit = subcommands.add_parser(
+        "edit", help="edit images as an instruction says (rule or diffusion artist)",
+        description=commands.run_edit.__doc__,
+    )
+    instruction = edit.add_mutually_exclusive_group(required=True)
+    instruction.add_argument("--instruction", metavar="TEXT", help='the edits, e.g. "slightly increase '
+                             'light&exposure; remove haze" (";" or new lines separate them)')
+    instruction.add_argument("--instruction-file", type=Path, metavar="FILE",
+                             help="read the instruction from a UTF-8 text file, e.g. one numbered edit per line")
+    _file_arguments(edit, "edited")
+    _model_arguments(edit, artist=True, generates=False)
+    edit.set_defaults(run=commands.run_edit)
 
     critique = subcommands.add_parser(
         "critique", help="print the critic's tagged answer for images", description=commands.run_critique.__doc__
@@ -183,18 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
     retouch.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     retouch.set_defaults(run=commands.run_retouch)
 
-    subcommands.add_parser(
-        "bench", help="run the benchmarks (all further arguments go to the benchmark runner)", add_help=False
-    )
+    for name, help_text in _DELEGATED_HELP.items():
+        subcommands.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
-def _split_bench(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    """Everything after ``bench`` goes to the benchmark runner as is (argparse would reorder its flags)."""
+# Subcommands with their own argument parsers: everything after the name goes to the module's ``main`` as is
+# (argparse would reorder their flags).
+_DELEGATED = {"bench": "spc_fast.bench.runner", "train": "spc_fast.training.cli", "data": "spc_fast.training.data.cli"}
+_DELEGATED_HELP = {
+    "bench": "run the benchmarks (spc-fast bench --help)",
+    "train": "train a stage: critic-sft, artist-sft, adapt (spc-fast train --help)",
+    "data": "build, import and check training data (spc-fast data --help)",
+}
+
+
+def _split_delegated(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """(the arguments up to the subcommand, the module a delegated subcommand runs, the arguments after it)."""
     for i, arg in enumerate(argv):
         if not arg.startswith("-"):
-            return (argv[: i + 1], argv[i + 1 :]) if arg == "bench" else (argv, None)
-    return argv, None
+            return (argv[: i + 1], _DELEGATED[arg], argv[i + 1 :]) if arg in _DELEGATED else (argv, None, [])
+    return argv, None, []
 
 
 def _stop_on_sigterm() -> Callable[[], object]:
@@ -205,7 +243,7 @@ def _stop_on_sigterm() -> Callable[[], object]:
 
     def stop(signum: int, frame: object) -> None:
         signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-        raise commands.Terminated(signum)
+        raise batch_command.Terminated(signum)
 
     signal.signal(signal.SIGTERM, stop)
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -223,7 +261,7 @@ def _message(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``spc-fast`` and ``python -m spc_fast``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    argv, bench_argv = _split_bench(argv)
+    argv, delegated, rest = _split_delegated(argv)
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
@@ -232,14 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
     restore_sigterm = _stop_on_sigterm()
     try:
-        if bench_argv is not None:
-            from spc_fast.bench import runner
-
-            return runner.main(bench_argv)
+        if delegated is not None:
+            return importlib.import_module(delegated).main(rest)
         config = pipeline_config(args) if hasattr(args, "preset") else PipelineConfig()
         return args.run(args, config)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM through the handler above
-        name, status = commands.interrupted_status(stop)
+        name, status = batch_command.interrupted_status(stop)
         print(f"{PROG}: interrupted by {name}", file=sys.stderr)
         return status
     except (ValueError, OSError, MemoryError) as error:  # bad input, a missing or unreadable file, no memory left

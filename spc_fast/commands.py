@@ -9,35 +9,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-from pathlib import Path
 
+from spc_fast.batch_command import PROG, run_files
 from spc_fast.config import PipelineConfig
 
 logger = logging.getLogger("spc_fast")
 
-PROG = "spc-fast"
 _COLUMNS = (
     ("exposure", "exposure"),
     ("contrast", "contrast"),
     ("saturation", "saturation"),
     ("cct", "cct (K)"),
 )
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("spc-fast")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _score(value: float | None) -> str:
-    # a neural critic may answer without a parseable score
-    return "?" if value is None or value != value else f"{value:.0f}"
 
 
 def run_analyze(args: argparse.Namespace, config: PipelineConfig) -> int:
@@ -74,21 +58,6 @@ def report_failures(failures: list[str], total: int) -> int:
     return 1 if failures else 0
 
 
-class Terminated(KeyboardInterrupt):
-    """A termination signal (SIGTERM) turned into an exception by the command line, so that a run stops as it does
-    on Ctrl-C: the file being written is cleaned up, the summary printed and the report written."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def interrupted_status(stop: KeyboardInterrupt) -> tuple[str, int]:
-    """The name of what stopped a run and the exit status for it: SIGINT (Ctrl-C) 130, SIGTERM 143."""
-    signum = stop.signum if isinstance(stop, Terminated) else signal.SIGINT
-    return signal.Signals(signum).name, 128 + signum
-
-
 def run_enhance(args: argparse.Namespace, config: PipelineConfig) -> int:
     """Critique each image and execute the critique. Without model directories the analytic critic judges and
     the rule-based operators execute the tone/colour suggestions (no weights needed); --critic DIR makes the
@@ -99,119 +68,57 @@ def run_enhance(args: argparse.Namespace, config: PipelineConfig) -> int:
     transparency; 16-bit sources are written as 16-bit PNG or TIFF. An existing output is never replaced without
     --overwrite; --skip-existing resumes an interrupted run. A failing image is reported as it happens (exit
     status 1) and the others are written; Ctrl-C or SIGTERM stops after cleaning up (exit status 130 or 143)."""
-    from spc_fast import batch
     from spc_fast.pipeline import Pipeline
 
-    plan = batch.plan_batch(args.inputs, args.output, overwrite=args.overwrite, skip_existing=args.skip_existing,
-                            report=args.report)
-    _summarise_skipped_entries(plan.skipped)
-    progress = _Progress(plan, config.rescore)
-    for failure in plan.failures:  # before the models load: they may take minutes
-        progress(failure)
-    result = batch.BatchResult.from_plan(plan)
-    status, description = 0, {}
+    return run_files(args, config, lambda: Pipeline.from_config(config))
+
+
+def run_edit(args: argparse.Namespace, config: PipelineConfig) -> int:
+    """Edit each image as the instruction says (the release's manual mode), e.g. --instruction "slightly increase
+    light&exposure; remove haze": phrases of the critic's suggestion language separated by ";" or new lines
+    (increase/decrease light&exposure, contrast, saturation; change color temperature to warmer/cooler; remove
+    blur, noise, haze, moire, shadow, compression artifacts; enhance low light; each slightly, moderately or
+    significantly). Without model directories the rule-based operators execute the tone/colour edits and
+    restoration edits are reported as not executed; --critic DIR --artist DIR make the Qwen-Image-Edit artist
+    execute every edit, conditioned on the critic's hidden states of the image and the instruction (no answer is
+    generated). An instruction that is not understood is refused before any image is read. Files, folders,
+    outputs, --overwrite, --skip-existing, --report and interrupts work as for enhance."""
+    from spc_fast.critic.format import suggestion_phrase
+    from spc_fast.critic.vocabulary import TONE_OPS
+    from spc_fast.instruct import InstructionCritic
+    from spc_fast.pipeline import Pipeline
+
+    given = InstructionCritic(_read_instruction(args))  # a bad instruction fails here, before any file is touched
+    instruction = given.instruction
+    if config.rescore:
+        raise ValueError("rescore is set, but edit follows an instruction and no critic judges the result; "
+                         "drop --set rescore=true (or rescore from the config file)")
+    neural = config.artist.weights is not None
+    if config.critic.weights is not None and not neural:
+        raise ValueError("--critic without --artist: in edit mode the critic only conditions the diffusion "
+                         "artist; add --artist DIR, or drop --critic to run the rule-based operators")
+    untouched = [suggestion_phrase(s) for s in given.output.suggestions if s.op not in TONE_OPS]
+    if untouched and not neural:
+        print(f"{PROG}: warning: not executed without the neural artist: {'; '.join(untouched)} (the rule-based "
+              "operators do tone and colour only; add --critic DIR --artist DIR)", file=sys.stderr)
+
+    def build() -> Pipeline:
+        built = Pipeline.from_config(config)
+        return Pipeline(InstructionCritic(instruction, built.critic if neural else None), built.artist)
+
+    # the format reward scores a generated critic answer, and edit generates none
+    return run_files(args, config, build, scored=False, header={"instruction": instruction},
+                     drop_rewards=("format",))
+
+
+def _read_instruction(args: argparse.Namespace) -> str:
+    if args.instruction is not None:
+        return args.instruction
     try:
-        if plan.pairs:
-            pipeline = Pipeline.from_config(config)
-            description = describe(pipeline, config)
-            logger.info("pipeline: %s", json.dumps(description))
-            batch.run_batch(plan, pipeline, batch_size=config.batch_size, on_file=progress, result=result)
-    except KeyboardInterrupt as stop:
-        name, status = interrupted_status(stop)
-        result.stop(plan, name)
-    if args.report is not None:
-        try:
-            payload = {"version": version(), **description, **result.to_json()}
-            batch.write_report(args.report, payload, overwrite=args.overwrite)
-            print(f"wrote {args.report}")
-        except ValueError as error:  # the per-image lines are already out; say this and finish the summary
-            print(f"{PROG}: error: --report: {error}", file=sys.stderr)
-            status = status or 1
-    _print_summary(result)
-    return status or (1 if result.failures else 0)
-
-
-class _Progress:
-    """Prints each file's outcome as it finishes: written images on stdout, failures on stderr."""
-
-    def __init__(self, plan, rescore: bool):
-        self.total, self.rescore, self.done = len(plan.pairs) + len(plan.failures), rescore, 0
-
-    def __call__(self, entry) -> None:
-        from spc_fast.batch import Failure, Skipped
-
-        self.done += 1
-        counter = f"[{self.done}/{self.total}] " if self.total > 1 else ""
-        if isinstance(entry, Skipped):  # its output appeared while it was being enhanced
-            print(f"{counter}{entry.path}: skipped: {entry.reason}", flush=True)
-            return
-        if isinstance(entry, Failure):
-            print(f"{PROG}: error: {entry.error}", file=sys.stderr, flush=True)
-            return
-        score = f"score {_score(entry['critique']['score'])}"
-        if self.rescore:
-            score += f" -> {_score(entry['score_after'])}"
-        edits = "; ".join(entry["critique"]["suggestions"]) or "no edit"
-        print(f"{counter}{entry['input']} -> {entry['output']}: {score}; {edits}", flush=True)
-        if entry.get("truncated"):
-            print(f"{PROG}: warning: {entry['input']}: the critic's answer hit the token limit and was cut off",
-                  file=sys.stderr)
-
-
-def _summarise_skipped_entries(skipped) -> None:
-    """One line per input folder with entries that are not images, and one for the outputs that exist."""
-    from collections import Counter, defaultdict
-
-    from spc_fast.batch import OUTPUT_EXISTS
-
-    by_folder: dict[str, Counter] = defaultdict(Counter)
-    for entry in skipped:
-        logger.info("%s: skipped: %s", entry.path, entry.reason)
-        by_folder["" if entry.reason == OUTPUT_EXISTS else str(Path(entry.path).parent)][entry.reason] += 1
-    existing = by_folder.pop("", Counter())[OUTPUT_EXISTS]
-    if existing:
-        images = "image" if existing == 1 else "images"
-        print(f"{PROG}: skipping {existing} {images} whose output exists (--skip-existing)", file=sys.stderr)
-    for folder, reasons in by_folder.items():
-        counts = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
-        more = "" if logger.isEnabledFor(logging.INFO) else "; -v lists them"
-        print(f"{PROG}: {folder}: skipped {reasons.total()} entries ({counts}){more}", file=sys.stderr)
-
-
-def _print_summary(result) -> None:
-    from spc_fast.batch import OUTPUT_EXISTS
-
-    counts = [f"{len(result.written)} written", f"{len(result.failures)} failed"]
-    existing = sum(entry.reason == OUTPUT_EXISTS for entry in result.skipped)
-    if existing:
-        counts.append(f"{existing} skipped (output exists)")
-    total = len(result.written) + len(result.failures) + existing + len(result.not_started)
-    if result.interrupted:
-        counts.append(f"{len(result.not_started)} not started")
-        print(f"{PROG}: interrupted by {result.interrupted}: {', '.join(counts)}; run the same command with "
-              "--skip-existing to finish", file=sys.stderr)
-    elif result.failures:
-        print(f"{PROG}: {len(result.failures)} of {total} images failed ({', '.join(counts)})", file=sys.stderr)
-    elif total > 1 or existing:
-        print(f"{PROG}: {', '.join(counts)}", file=sys.stderr)
-
-
-def describe(pipeline, config: PipelineConfig) -> dict[str, object]:
-    """What ran, for the report and the log: the parts, the backends they picked and the resolved config."""
-    import dataclasses
-
-    from spc_fast.config import to_dict
-
-    out: dict[str, object] = {"critic": type(pipeline.critic).__name__, "artist": type(pipeline.artist).__name__}
-    if dataclasses.is_dataclass(getattr(pipeline.critic, "config", None)) and config.critic.weights is None:
-        out["critic_config"] = dataclasses.asdict(pipeline.critic.config)
-    for role in ("critic", "artist"):
-        model = getattr(pipeline, role)
-        model = getattr(model, "artist", model)  # the DiffusionArtist's PhotoArtist
-        if hasattr(model, "attention"):
-            out[f"{role}_attention"] = model.attention
-    out["config"] = to_dict(config)
-    return out
+        return args.instruction_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"--instruction-file {args.instruction_file}: not UTF-8 text ({error.reason}); save it "
+                         "as UTF-8") from None
 
 
 def run_critique(args: argparse.Namespace, config: PipelineConfig) -> int:

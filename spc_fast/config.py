@@ -86,7 +86,9 @@ class CriticConfig:
 @dataclass(frozen=True, kw_only=True)
 class ArtistConfig:
     """The photographic artist. ``weights``: a diffusers Qwen-Image-Edit-2509 directory (``release``: where
-    ``dit.safetensors``/``dit_lora/`` are, default ``weights``), ``"tiny"``, or None for the rule executor."""
+    ``dit.safetensors``/``dit_lora/`` are, default ``weights``), ``"tiny"``, or None for the rule executor.
+    ``release_mlp``: the DiT's feed-forwards apply the release's (DiffSynth's) ``x · σ(1.702 x)`` instead of Qwen's
+    tanh-GELU, so the same weights give the release's velocities (``spc_fast.artist.use_release_mlp``)."""
 
     weights: str | None = None
     release: str | None = None
@@ -97,6 +99,7 @@ class ArtistConfig:
     attention: str = "auto"
     compile: bool = False
     real_rope: bool = True  # complex-free RoPE: compiles and exports
+    release_mlp: bool = False  # x·σ(1.702x) feed-forwards, as the release's DiffSynth DiT (default: tanh-GELU)
     tiled_decode_pixels: int = 2 * RELEASE_PIXELS  # larger outputs are VAE-decoded in tiles
     device: str | None = None
     dtype: str | None = None
@@ -265,10 +268,15 @@ def resolve(
     """The pipeline config of a named preset, with the settings of ``file`` laid over it, then ``overrides``."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    config = PRESETS[preset]
+    return layered(PRESETS[preset], file=file, overrides=overrides)
+
+
+def layered(base: Config, *, file: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """``base`` (any config dataclass) with the settings of the TOML ``file`` laid over it, then ``overrides``."""
+    config = base
     if file is not None:
         try:
-            config = from_dict(PipelineConfig, _merge(to_dict(config), load_toml(dict, file)))
+            config = from_dict(type(base), _merge(to_dict(base), load_toml(dict, file)))
         except ValueError as error:
             raise ValueError(f"{file}: {error}") from error
     return override(config, overrides)

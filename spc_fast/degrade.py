@@ -166,7 +166,6 @@ class Degradation:
         return self.fn(images, **params)
 
 
-# The critic's vocabulary (SPEC.md §4) has no compression op; JPEG blocking and ringing are treated as noise.
 DEGRADATIONS: dict[str, Degradation] = {
     "gaussian_blur": Degradation(gaussian_blur, "remove blur", random=False),
     "motion_blur": Degradation(motion_blur, "remove blur", random=False),
@@ -174,5 +173,5 @@ DEGRADATIONS: dict[str, Degradation] = {
     "gaussian_noise": Degradation(gaussian_noise, "remove noise", random=True),
     "poisson_noise": Degradation(poisson_noise, "remove noise", random=True),
     "low_light": Degradation(low_light, "enhance low light", random=True),
-    "jpeg": Degradation(jpeg, "remove noise", random=False),
+    "jpeg": Degradation(jpeg, "remove compression artifacts", random=False),
 }

@@ -5,9 +5,10 @@ neural parts a ``PipelineConfig`` names (the Qwen2.5-VL ``ImageCritic``, the Qwe
 the neural critic may also drive the rule artist.
 
 ``enhance`` returns the edited images and one ``EnhanceRecord`` per image: the critic's answer, the executor
-parameters, conflicting suggestions, restoration ops that were suggested but not executed, the photometric
-attributes before and after, and the rewards that need no reference image (compliance of the edit with the image's
-own suggestions, the critic's format reward and, when the edit is re-scored, its rank reward).
+parameters, conflicting suggestions, restoration ops that were suggested but not executed, how the edit reached the
+input size (``full_res``), the photometric attributes before and after, and the rewards that need no reference image
+(compliance of the edit with the image's own suggestions, the critic's format reward and, when the edit is re-scored,
+its rank reward).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from spc_fast.artists import DiffusionArtist, RuleArtist
 from spc_fast.config import PipelineConfig
 from spc_fast.critic.analytic import AnalyticCritic
 from spc_fast.critic.format import suggestion_phrase
-from spc_fast.critic.vocabulary import TONE_OPS, CriticOutput
+from spc_fast.critic.vocabulary import CriticOutput
 from spc_fast.executor import retouch_parameters
 from spc_fast.images import as_image_list
 from spc_fast.roles import Artist, Critic, Images
@@ -41,6 +42,7 @@ class EnhanceRecord:
     rewards: dict[str, float]
     score_after: float | None = None
     truncated: bool = False
+    full_res: str = "none"  # how the edit reached the input size: "transfer", "resize", or "none" (edited there)
 
     def to_json(self) -> dict[str, object]:
         out = asdict(self)
@@ -91,6 +93,8 @@ class Pipeline:
         image_list = as_image_list(images)
         before = self.critic.critique(image_list)
         edited = self.artist.edit(image_list, before)
+        full_res = list(self.artist.last_full_res)
+        executes = self.artist.executes
         outputs = before.outputs
         scores_after: list[float | None] = [None] * len(image_list)
         a_after = None
@@ -116,12 +120,13 @@ class Pipeline:
                     critique=output,
                     parameters=params,
                     conflicts=conflicts,
-                    not_executed=[suggestion_phrase(s) for s in output.suggestions if s.op not in TONE_OPS],
+                    not_executed=[suggestion_phrase(s) for s in output.suggestions if s.op not in executes],
                     attributes_before=dict(zip(names, a_before[i].tolist(), strict=True)),
                     attributes_after=dict(zip(names, a_after[i].tolist(), strict=True)),
                     rewards=reward_values,
                     score_after=scores_after[i],
                     truncated=before.truncated[i],
+                    full_res=full_res[i],
                 )
             )
         return EnhanceResult(images=edited, records=records)

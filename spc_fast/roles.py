@@ -88,6 +88,9 @@ class Critic(Protocol):
 
 @runtime_checkable
 class Artist(Protocol):
+    executes: frozenset[str]  # the critic ops (``critic.vocabulary.OPS``) this artist carries out
+    last_full_res: list[str]  # per image of the last ``edit``: how it reached its input size (FULL_RES, or "none")
+
     def edit(self, images: Images, judgement: Judgement) -> list[torch.Tensor]:
         """Each image edited as its answer in ``judgement`` asks: (3, H, W) tensors of the input size and dtype."""
         ...

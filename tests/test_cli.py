@@ -127,14 +127,16 @@ def test_retouch_16bit_png_stays_16bit(tmp_path, capsys):
     assert code == 0 and "(8-bit)" in stdout
 
 
-def test_bench_passes_every_argument_through(monkeypatch, capsys):
-    from spc_fast.bench import runner
+@pytest.mark.parametrize("name, module", [("bench", "spc_fast.bench.runner"), ("train", "spc_fast.training.cli"),
+                                          ("data", "spc_fast.training.data.cli")])
+def test_delegated_subcommands_get_every_argument(name, module, monkeypatch, capsys):
+    import importlib
 
     seen = []
-    monkeypatch.setattr(runner, "main", lambda argv: seen.append(argv) or 7)
-    assert cli.main(["bench", "--json", "rows.json", "--only", "photometric", "--quick"]) == 7
-    assert cli.main(["-v", "bench", "--help"]) == 7
-    assert cli.main(["bench"]) == 7
+    monkeypatch.setattr(importlib.import_module(module), "main", lambda argv: seen.append(argv) or 7)
+    assert cli.main([name, "--json", "rows.json", "--only", "photometric", "--quick"]) == 7
+    assert cli.main(["-v", name, "--help"]) == 7
+    assert cli.main([name]) == 7
     assert seen == [["--json", "rows.json", "--only", "photometric", "--quick"], ["--help"], []]
 
 

@@ -48,7 +48,7 @@ def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
 def test_registry_covers_every_degradation():
     assert set(degrade.DEGRADATIONS) == set(PARAMS)
     ops = {d.corrective_op for d in degrade.DEGRADATIONS.values()}
-    assert ops == {"remove blur", "remove haze", "remove noise", "enhance low light"}
+    assert ops == {"remove blur", "remove haze", "remove noise", "remove compression artifacts", "enhance low light"}
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))

@@ -16,7 +16,7 @@ from cli_runs import run_cli as _run  # noqa: E402
 
 from spc_fast import attention, cli, imagefiles  # noqa: E402
 from spc_fast.artist.lora import add_lora  # noqa: E402
-from spc_fast.artists import DiffusionArtist, image_seed  # noqa: E402
+from spc_fast.artists import DiffusionArtist, full_res_method, image_seed  # noqa: E402
 from spc_fast.config import PRESETS, TINY, ArtistConfig  # noqa: E402
 from spc_fast.models import qwen_image, qwen_vl, tiny_artist, tiny_critic  # noqa: E402
 from spc_fast.models.factory import tiny_critic_corpus  # noqa: E402
@@ -69,6 +69,7 @@ def test_enhance_with_neural_critic_and_artist(models, photo, tmp_path, capsys):
     assert critique["errors"] and record["rewards"]["format"] == 0.0
     assert "score ?;" in stdout  # no parseable score, and no re-scoring unless --rescore
     assert record["truncated"] == ("cut off" in err)
+    assert record["full_res"] in ("transfer", "resize")  # generated at 48 x 64, carried over to 90 x 120
 
 
 def test_critique_with_neural_critic(models, photo, capsys):
@@ -108,6 +109,8 @@ def test_pipeline_mixed_sizes_and_seeds():
     result = pipeline.enhance(images)
     assert [(i.shape, i.dtype) for i in result.images] == [(x.shape, x.dtype) for x in images]
     assert len(result.records) == 3
+    assert [r.full_res for r in result.records] == [full_res_method(r.critique, "transfer") for r in result.records]
+    assert Pipeline(critic).enhance(images[:1]).records[0].full_res == "none"  # the rule artist edits in place
     # an image's edit does not depend on its batch: alone, it comes out the same
     alone = pipeline.enhance(images[2:]).images[0]
     torch.testing.assert_close(alone, result.images[2], atol=1e-4, rtol=0)

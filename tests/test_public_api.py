@@ -23,13 +23,14 @@ PUBLIC = {
     "spc_fast.critic.policy": ["CriticRollout"],
     "spc_fast.executor": ["retouch_parameters", "STEPS", "NEUTRAL_PARAMETERS"],
     "spc_fast.config": ["CriticConfig", "ArtistConfig", "PipelineConfig", "PRESETS", "resolve", "override",
-                        "load_toml", "from_dict", "to_dict"],
+                        "load_toml", "from_dict", "to_dict", "layered"],
     "spc_fast.roles": ["Judgement", "Critic", "Artist"],
     "spc_fast.artists": ["RuleArtist", "DiffusionArtist", "image_seed"],
     "spc_fast.pipeline": ["Pipeline", "EnhanceRecord", "EnhanceResult"],
+    "spc_fast.instruct": ["InstructionCritic", "parse_instruction", "known_operations"],
     "spc_fast.models": ["load_critic", "load_artist", "tiny_critic", "tiny_artist", "build_critic", "build_artist"],
     "spc_fast.artist": ["PhotoArtist", "EditResult", "Trajectory", "add_lora", "merge_lora", "upsample_edit",
-                        "output_size", "schedule"],
+                        "output_size", "schedule", "use_release_mlp"],
     "spc_fast.images": ["output_size", "edit_image_size", "edit_image"],
     "spc_fast.adapters": ["adapters_disabled", "adapter_active"],
     "spc_fast.rl_losses": ["nft_loss", "grpo_loss", "token_logprobs", "group_advantages",
@@ -45,6 +46,20 @@ PUBLIC = {
     "spc_fast.kernels.retouch_chain": ["retouch_chain"],
     "spc_fast.cli": ["main"],
     "spc_fast.bench.runner": ["main"],
+    "spc_fast.training.config": ["TrainConfig", "OptimConfig", "ParallelConfig", "preset", "train_config"],
+    "spc_fast.training.stage": ["Stage", "StepLoss"],
+    "spc_fast.training.trainer": ["Trainer", "RunSummary"],
+    "spc_fast.training.cli": ["main"],
+    "spc_fast.training.flow": ["sample_generator", "draw_flow", "noisy_latents", "flow_matching_loss",
+                               "shifted_timesteps", "FlowDraws"],
+    "spc_fast.training.stages": ["STAGES", "CriticSFT", "ArtistSFT", "Adapt"],
+    "spc_fast.training.data.manifest": ["Record", "read_manifest", "write_manifest", "load_image", "Problem",
+                                        "ManifestError"],
+    "spc_fast.training.data.loader": ["BucketBatches", "Loader"],
+    "spc_fast.training.data.build": ["build"],
+    "spc_fast.training.data.importers": ["import_pairs", "import_iqa", "merge_annotations"],
+    "spc_fast.training.data.annotate": ["annotate", "annotate_record", "critic_answer", "rescale_mos"],
+    "spc_fast.training.data.cli": ["main"],
 }
 
 
@@ -72,7 +87,8 @@ def test_every_package_folder_is_in_the_distribution():
     root = Path(__file__).resolve().parents[1]
     config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     declared = set(config["packages"])
-    folders = {".".join(("spc_fast", *p.parent.relative_to(root / "spc_fast").parts))
-               for p in (root / "spc_fast").rglob("__init__.py")}
-    folders |= {"spc_fast.kernels", "spc_fast.bench"}  # mapped from the top-level kernels/ and bench/
+    folders = set()
+    for package, folder in config["package-dir"].items():  # spc_fast.kernels <- kernels/, and so on
+        folders |= {".".join((package, *p.parent.relative_to(root / folder).parts))
+                    for p in (root / folder).rglob("__init__.py")}
     assert folders == declared, f"pyproject.toml packages {sorted(declared)} != folders {sorted(folders)}"

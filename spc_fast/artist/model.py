@@ -15,6 +15,7 @@ import torch
 from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
 from spc_fast.adapters import adapter_active, adapters_disabled
+from spc_fast.artist.mlp import use_release_mlp
 from spc_fast.artist.rope import use_real_rope
 from spc_fast.artist.sampler import Trajectory, denoise, pack_latents, predict_velocity, schedule, unpack_latents
 from spc_fast.attention import notice, refuse, set_dit_attention
@@ -42,7 +43,8 @@ class PhotoArtist:
 
     ``real_rope`` switches the DiT to the real-valued RoPE path (``spc_fast.artist.rope``), numerically equal to
     diffusers' complex one and free of complex tensors for ``torch.compile`` / export. ``self.attention`` is the
-    backend that runs. Outputs above ``tiled_decode_pixels`` are decoded with the VAE's spatial tiling.
+    backend that runs. ``release_mlp`` switches its feed-forwards to the release's activation (``use_release_mlp``,
+    SPEC.md §6). Outputs above ``tiled_decode_pixels`` are decoded with the VAE's spatial tiling.
     ``config.compile`` samples through ``torch.compile`` of the DiT with ``compile_backend``/``compile_mode``.
     """
 
@@ -58,6 +60,8 @@ class PhotoArtist:
     ) -> None:
         self.config = config
         self.transformer = use_real_rope(transformer) if config.real_rope else transformer
+        if config.release_mlp:
+            use_release_mlp(self.transformer)
         attention = config.attention
         if not config.real_rope and attention != "sdpa":
             # diffusers' own Qwen-Image processor builds a 4-D H_c mask that flash-attn refuses and xformers reads as

@@ -3,9 +3,10 @@ SPEC.md §4, with its reasoning latent H_c (SPEC.md eq. 1) handed to the artist 
 
 ``ImageCritic(model, processor, config)`` wraps a ``Qwen2_5_VLForConditionalGeneration`` (or a peft model around
 one) and its processor; ``spc_fast.models`` builds ready ones (``build_critic``, ``load_critic``, ``tiny_critic``).
-Inference: ``critique`` and ``score``. Training (GRPO, SPEC.md §7): ``sample`` draws answers with their
-log-probabilities, ``completion_states`` and ``token_logprobs`` score them again under the current weights, and
-``reference()`` runs the model with its LoRA adapters disabled (the reference policy, no second copy).
+Inference: ``critique`` and ``score``; for the instruction (manual) mode, ``instruction_states`` (H_c of one forward
+pass, no generation). Training (GRPO, SPEC.md §7): ``sample`` draws answers with their log-probabilities,
+``completion_states`` and ``token_logprobs`` score them again under the current weights, and ``reference()`` runs
+the model with its LoRA adapters disabled (the reference policy, no second copy).
 """
 
 from __future__ import annotations
@@ -54,6 +55,35 @@ def _as_arrays(images: ImageInput) -> list[np.ndarray]:
     return out
 
 
+def prompt_states(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last-layer (final-norm) states of the real tokens of left-padded processor ``inputs`` under ``model`` (a
+    ``Qwen2_5_VLForConditionalGeneration``), one forward with the positions the generator's prefill uses: hidden
+    [B, S, D] right-padded with zeros and mask [B, S] long, S the longest row's real tokens."""
+    ids, attention = inputs["input_ids"], inputs["attention_mask"]
+    inner = model.model
+    positions, _ = inner.get_rope_index(
+        ids,
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        attention_mask=attention,
+    )  # [3, B, L]
+    states = inner(
+        input_ids=ids,
+        attention_mask=attention,
+        position_ids=positions,
+        pixel_values=inputs.get("pixel_values"),
+        image_grid_thw=inputs.get("image_grid_thw"),
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        use_cache=False,
+    ).last_hidden_state  # [B, L, D], each row's real tokens at its end
+    lengths = attention.sum(1)  # [B]
+    offsets = torch.arange(int(lengths.max()), device=ids.device)  # [S]
+    mask = offsets[None, :] < lengths[:, None]  # [B, S]
+    index = (ids.shape[1] - lengths[:, None] + offsets[None, :]).clamp(max=ids.shape[1] - 1)  # [B, S]
+    hidden = states.gather(1, index[..., None].expand(-1, -1, states.shape[2])).masked_fill(~mask[..., None], 0.0)
+    return hidden, mask.to(torch.long)
+
+
 class ImageCritic:
     """Qwen2.5-VL critic configured by a ``CriticConfig`` (decoding, prompts, attention, compile); the config's
     weights, device and dtype are the model factory's business. ``self.attention`` is the backend that runs for the
@@ -99,21 +129,32 @@ class ImageCritic:
         """[V, D] the LM head's weight: with ``completion_states``, the inputs of ``spc_fast.rl_losses.grpo_loss``."""
         return self.model.lm_head.weight
 
-    def chat_text(self) -> str:
-        """The prompt as the chat template renders it (one image placeholder before the instruction)."""
+    def chat_text(self, instruction: str | None = None) -> str:
+        """The prompt as the chat template renders it: the system message, then a user turn of one image placeholder
+        and ``instruction`` (default: the config's analysis instruction), then the assistant generation prompt."""
+        text = self.config.instruction if instruction is None else instruction
         messages = [
             {"role": "system", "content": self.config.system_prompt},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.config.instruction}]},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]},
         ]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def build_inputs(self, images: ImageInput, bucket: int | None = None) -> dict[str, torch.Tensor]:
+    def build_inputs(
+        self, images: ImageInput, bucket: int | None = None, instructions: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Processor outputs for a batch (left-padded, then padded on the left to a multiple of ``bucket``). Each
         image is first resized to the release's edit image (``spc_fast.images.edit_image``: the photo at the artist's
-        output size, auto-resized again, by PIL's bicubic resize), the image the artist encodes (SPEC.md §6)."""
+        output size, auto-resized again, by PIL's bicubic resize), the image the artist encodes (SPEC.md §6).
+        ``instructions``: one user text per image instead of the analysis instruction (the instruction mode)."""
         arrays = [image_checks.edit_image(a) for a in _as_arrays(images)]
+        if instructions is None:
+            texts = [self.chat_text()] * len(arrays)
+        elif len(instructions) == len(arrays):
+            texts = [self.chat_text(instruction) for instruction in instructions]
+        else:
+            raise ValueError(f"got {len(instructions)} instructions for {len(arrays)} images; pass one per image")
         self.processor.tokenizer.padding_side = "left"
-        inputs = self.processor(text=[self.chat_text()] * len(arrays), images=arrays, return_tensors="pt", padding=True)
+        inputs = self.processor(text=texts, images=arrays, return_tensors="pt", padding=True)
         inputs = bucket_left_pad(dict(inputs), bucket or self.bucket, self.pad_id)
         device = self.model.device
         dtype = self.model.dtype
@@ -122,6 +163,19 @@ class ImageCritic:
     def critique(self, images: ImageInput) -> Judgement:
         """One answer per image, decoded as the config says (greedy by default), with H_c and its mask."""
         return self.sample(images).judgement
+
+    @torch.no_grad()
+    def instruction_states(
+        self, images: ImageInput, instruction: str | Sequence[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """H_c of the instruction (manual) mode (SPEC.md §6): the last-layer (final-norm) states of one forward pass
+        over the chat holding each image and ``instruction`` (one text for all, or one per image), laid out as in
+        ``critique`` with the instruction in place of the analysis question; no generation. Returns hidden
+        [B, S, D] and mask [B, S] (1 on real positions), right-padded to the longest chat as ``critique``'s H_c."""
+        arrays = _as_arrays(images)
+        instructions = [instruction] * len(arrays) if isinstance(instruction, str) else list(instruction)
+        inputs = self.build_inputs(arrays, bucket=1, instructions=instructions)
+        return prompt_states(self.model, inputs)
 
     def score(self, images: ImageInput) -> torch.Tensor:
         """(B,) float32 scores in [0, 100] read from each answer; NaN where no score could be parsed."""
