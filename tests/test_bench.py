@@ -56,3 +56,14 @@ def test_quick_model_runs_compare_with_the_libraries(tmp_path):
     assert all(r["max_error"] < 1e-4 for bench in by_bench.values() for r in bench.values())
     step = by_bench["artist_step"]["spc-fast eager sdpa"]
     assert "diffusers eager" in step["speedup_vs"] and "of the measured float32 matmul peak" in step["note"]
+
+
+def test_quick_train_step_run_has_a_row_per_stage_with_its_time_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPC_FAST_KERNELS", "torch")  # the interpreter would only make the tiny steps slow
+    out = tmp_path / "bench.json"
+    assert runner.main(["--only", "train_step", "--quick", "--no-copy-bw", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["case"].split(",")[0] for row in rows] == ["tiny critic-sft", "tiny artist-sft", "tiny adapt"]
+    for row in rows:
+        assert 0 < row["p20_ms"] <= row["p50_ms"] <= row["p80_ms"] and row["peak_memory_mib"] > 0
+        assert "data/fwd-bwd/optim" in row["note"] and "samples/s" in row["note"]
