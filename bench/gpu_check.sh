@@ -2,7 +2,8 @@
 # The one prepared GPU check (fits in 8 minutes on an H100/H200): installs the wheels the device lacks and the
 # project, runs the GPU-only tests (Triton compiled for real, not interpreted: the kernel tests assert that the
 # compiled kernels launched, the model tests that inductor compiled and kept its CUDA graphs), then the benchmarks.
-# Writes $OUT/gpu_check.log, $OUT/gpu_tests.xml, $OUT/bench.json (kernels) and $OUT/bench_models.json (critic, artist).
+# Writes $OUT/gpu_check.log, $OUT/gpu_tests.xml, $OUT/bench.json (kernels), $OUT/bench_full_res.json and
+# $OUT/bench_models.json (critic, artist).
 #
 # Here, once:   ../shared/device/pack-wheels.sh
 # Device call:  run(command="bash bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
@@ -29,7 +30,9 @@ timeout 120 python3 -m pytest -q -m gpu tests --junitxml="$OUT/gpu_tests.xml" -p
 echo "== kernel benchmarks =="
 timeout 100 python3 -m spc_fast.bench --json "$OUT/bench.json" \
   --only photometric --only retouch --only nft_loss --only grpo_loss --only rewards || status=1
+echo "== full-resolution transfer (the fused slice kernel's GB/s) =="
+timeout 40 python3 -m spc_fast.bench --json "$OUT/bench_full_res.json" --only full_res --quick || status=1
 echo "== model benchmarks =="
-timeout 210 python3 -m spc_fast.bench --json "$OUT/bench_models.json" --no-copy-bw \
+timeout 190 python3 -m spc_fast.bench --json "$OUT/bench_models.json" --no-copy-bw \
   --only artist_step --only critic_generate --only artist_sample || status=1
 exit $status

@@ -44,6 +44,7 @@ PUBLIC = {
                          "optimality_from_advantage", "nft_loss_reference", "grpo_loss_reference"],
     "spc_fast.kernels.photometric_stats": ["photometric_stats"],
     "spc_fast.kernels.retouch_chain": ["retouch_chain"],
+    "spc_fast.kernels.bilateral_slice": ["bilateral_slice"],
     "spc_fast.cli": ["main"],
     "spc_fast.bench.runner": ["main"],
     "spc_fast.training.config": ["TrainConfig", "OptimConfig", "ParallelConfig", "preset", "train_config"],
@@ -75,8 +76,10 @@ def test_ops_are_registered_with_torch_library():
 
     importlib.import_module("spc_fast.kernels.photometric_stats")
     importlib.import_module("spc_fast.kernels.retouch_chain")
+    importlib.import_module("spc_fast.kernels.bilateral_slice")
     assert hasattr(torch.ops.spc_fast, "photometric_stats")
     assert hasattr(torch.ops.spc_fast, "retouch_chain")
+    assert hasattr(torch.ops.spc_fast, "bilateral_slice")
 
 
 def test_every_package_folder_is_in_the_distribution():
