@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from spc_fast.kernels.dispatch import interpreting, record_launch
-from spc_fast.kernels.tl_colour import round_to_bfloat16
+from spc_fast.kernels.tl_colour import store_rgb
 
 # 512 pixels over 4 warps: 4 pixels per thread, three [4]-float accumulators each; a 24 MP photo is ~47k programs,
 # hundreds per SM on any GPU, so the grid needs no sizing from the SM count.
@@ -110,17 +110,7 @@ def _bilateral_slice_kernel(
     out_r = tl.clamp(tl.sum(acc_r * source, axis=1), 0.0, 1.0)
     out_g = tl.clamp(tl.sum(acc_g * source, axis=1), 0.0, 1.0)
     out_b = tl.clamp(tl.sum(acc_b * source, axis=1), 0.0, 1.0)
-    if IS_UINT8:
-        out_r = tl.floor(out_r * 255.0 + 0.5)
-        out_g = tl.floor(out_g * 255.0 + 0.5)
-        out_b = tl.floor(out_b * 255.0 + 0.5)
-    if IS_BFLOAT16:
-        out_r = round_to_bfloat16(out_r)
-        out_g = round_to_bfloat16(out_g)
-        out_b = round_to_bfloat16(out_b)
-    tl.store(y_pix, out_r.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_pix + syc, out_g.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_pix + 2 * syc, out_b.to(y_ptr.dtype.element_ty), mask=mask)
+    store_rgb(y_pix, syc, out_r, out_g, out_b, mask, IS_UINT8, IS_BFLOAT16)
 
 
 def vertex_rows(grid: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import triton.language as tl
 from spc_fast import colour
 from spc_fast.colour_torch import uint8_linear_table
 from spc_fast.kernels.dispatch import record_launch
-from spc_fast.kernels.tl_colour import lab_f, lab_f_inverse, linear_to_srgb, round_to_bfloat16, srgb_to_linear
+from spc_fast.kernels.tl_colour import lab_f, lab_f_inverse, linear_to_srgb, srgb_to_linear, store_rgb
 
 BLOCK_PIXELS = 1024
 NUM_WARPS = 4
@@ -140,17 +140,7 @@ def _retouch_chain_kernel(
     r = linear_to_srgb(r)
     g = linear_to_srgb(g)
     b = linear_to_srgb(b)
-    if IS_UINT8:
-        r = tl.floor(r * 255.0 + 0.5)
-        g = tl.floor(g * 255.0 + 0.5)
-        b = tl.floor(b * 255.0 + 0.5)
-    if IS_BFLOAT16:
-        r = round_to_bfloat16(r)
-        g = round_to_bfloat16(g)
-        b = round_to_bfloat16(b)
-    tl.store(y_pix, r.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_pix + syc, g.to(y_ptr.dtype.element_ty), mask=mask)
-    tl.store(y_pix + 2 * syc, b.to(y_ptr.dtype.element_ty), mask=mask)
+    store_rgb(y_pix, syc, r, g, b, mask, IS_UINT8, IS_BFLOAT16)
 
 
 @functools.cache

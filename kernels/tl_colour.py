@@ -1,7 +1,7 @@
 """``@triton.jit`` colour helpers shared by the image kernels (the maths of ``spc_fast.colour``, in fp32).
 
-Written once here and called from ``photometric_stats``, ``retouch_chain`` (and ``round_to_bfloat16`` from the
-RL loss kernels). Constants are ``tl.constexpr`` objects built from ``spc_fast.colour`` so the kernels and the
+Written once here and called from ``photometric_stats``, ``retouch_chain``, ``bilateral_slice`` (``store_rgb``: the
+output epilogue of the image kernels; ``round_to_bfloat16`` also from the RL loss kernels). Constants are ``tl.constexpr`` objects built from ``spc_fast.colour`` so the kernels and the
 float64 reference can never drift apart.
 """
 
@@ -71,3 +71,20 @@ def round_to_bfloat16(x):
     bits = x.to(tl.uint32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
     return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def store_rgb(y_pix, syc, r, g, b, mask, IS_UINT8: tl.constexpr, IS_BFLOAT16: tl.constexpr):
+    """Store fp32 r, g, b in [0, 1] at ``y_pix`` (channel stride ``syc``) in the output's dtype: uint8 rounded half
+    up from [0, 255], bfloat16 rounded to nearest even, anything else cast."""
+    if IS_UINT8:
+        r = tl.floor(r * 255.0 + 0.5)
+        g = tl.floor(g * 255.0 + 0.5)
+        b = tl.floor(b * 255.0 + 0.5)
+    if IS_BFLOAT16:
+        r = round_to_bfloat16(r)
+        g = round_to_bfloat16(g)
+        b = round_to_bfloat16(b)
+    tl.store(y_pix, r.to(y_pix.dtype.element_ty), mask=mask)
+    tl.store(y_pix + syc, g.to(y_pix.dtype.element_ty), mask=mask)
+    tl.store(y_pix + 2 * syc, b.to(y_pix.dtype.element_ty), mask=mask)
