@@ -1,8 +1,9 @@
 """``@triton.jit`` colour helpers shared by the image kernels (the maths of ``spc_fast.colour``, in fp32).
 
 Written once here and called from ``photometric_stats``, ``retouch_chain``, ``bilateral_slice`` (``store_rgb``: the
-output epilogue of the image kernels; ``round_to_bfloat16`` also from the RL loss kernels). Constants are ``tl.constexpr`` objects built from ``spc_fast.colour`` so the kernels and the
-float64 reference can never drift apart.
+output epilogue of the image kernels; ``round_to_bfloat16`` also from the RL loss kernels). Constants are
+``tl.constexpr`` objects built from ``spc_fast.colour`` so the kernels and the float64 reference can never drift
+apart.
 """
 
 import triton

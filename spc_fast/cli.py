@@ -1,8 +1,7 @@
-"""The ``spc-fast`` command line: ``enhance``, ``edit``, ``critique``, ``analyze``, ``retouch``; ``bench``, ``train``
-and ``data`` hand their arguments to their own parsers (``spc_fast.bench.runner``, ``spc_fast.training.cli``,
-``spc_fast.training.data.cli``).
+"""The ``spc-fast`` command line: ``enhance``, ``edit``, ``critique``, ``analyze``, ``retouch``; ``bench``, ``train``,
+``data`` and ``evaluate`` hand their arguments to their own parsers (``_DELEGATED``).
 
-argparse lives here and in those three modules only. Model and pipeline flags map onto
+argparse lives here and in those modules only. Model and pipeline flags map onto
 ``spc_fast.config.PipelineConfig`` (preset, then ``--config FILE``, then ``--set key=value``, then the flags);
 ``spc_fast.commands`` runs the subcommands.
 """
@@ -219,11 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands with their own argument parsers: everything after the name goes to the module's ``main`` as is
 # (argparse would reorder their flags).
-_DELEGATED = {"bench": "spc_fast.bench.runner", "train": "spc_fast.training.cli", "data": "spc_fast.training.data.cli"}
+_DELEGATED = {
+    "bench": "spc_fast.bench.runner",
+    "train": "spc_fast.training.cli",
+    "data": "spc_fast.training.data.cli",
+    "evaluate": "spc_fast.evaluate.cli",
+}
 _DELEGATED_HELP = {
     "bench": "run the benchmarks (spc-fast bench --help)",
-    "train": "train a stage: critic-sft, artist-sft, adapt (spc-fast train --help)",
+    "train": "train a stage: critic-sft, artist-sft, adapt, joint (spc-fast train --help)",
     "data": "build, import and check training data (spc-fast data --help)",
+    "evaluate": "score edits against references: PSNR, SSIM, ΔE2000, LPIPS, … (spc-fast evaluate --help)",
 }
 
 

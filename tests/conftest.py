@@ -39,6 +39,16 @@ def pytest_configure(config):
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread: two threads on two busy cores wait on each other for milliseconds per op, and the training
+    tests' tiny models gain nothing from a second one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def torch_path(monkeypatch):
     """Run ops on their torch path: for tests of the command line and the pipeline, not of the kernels,
     where the Triton interpreter would only make them slow."""

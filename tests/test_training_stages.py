@@ -14,9 +14,7 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cli_runs import run_cli
+from launch import train_command
 
 from spc_fast import imagefiles, retouch
 from spc_fast.artist.sampler import pack_latents
@@ -44,6 +43,9 @@ ANSWER = (
 )
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def torch_kernels():
     """The stages' ops on their torch path: the Triton interpreter would only make these tests slow."""
@@ -52,12 +54,6 @@ def torch_kernels():
         yield
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -379,32 +375,6 @@ def test_stage_two_targets_execute_the_critics_edit_or_restore(data, records):
 # ---- torchrun: two ranks, a kill, a resume ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _torchrun(name: str, data: Path, run: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        "-m",
-        "spc_fast.training",
-        name,
-        *args,
-        "--out",
-        str(run),
-    ]
-
-
 def _losses(run: Path) -> list[float]:
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(1, len(lines) + 1))
@@ -422,7 +392,7 @@ def test_two_ranks_run_and_a_killed_run_resumes_to_the_same_losses(name, data, t
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the torch path of the kernels, as set for this module
     process = subprocess.Popen(
-        _torchrun(name, data, run, *SETTINGS, "--set", f"data={data}"),
+        train_command(name, run, *SETTINGS, "--set", f"data={data}", ranks=2),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -439,7 +409,7 @@ def test_two_ranks_run_and_a_killed_run_resumes_to_the_same_losses(name, data, t
     before = [json.loads(line) for line in _lines_of(run)]
     assert 6 <= len(before) < 12
     started = time.monotonic()
-    result = subprocess.run(_torchrun(name, data, run, "--resume"), env=env, capture_output=True, text=True,
+    result = subprocess.run(train_command(name, run, "--resume", ranks=2), env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.monotonic() - started < 120  # start-up and 8 of the 12 steps

@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from launch import train_command
 from toy_stage import SLEEP_ENV, ToyModel, ToyStage
 
 from spc_fast.config import to_dict
@@ -31,14 +30,9 @@ TESTS = Path(__file__).resolve().parent
 STAGE = "toy_stage:ToyStage"
 FULL = ["lora=false", "optim.lr=1e-2"]  # full fine-tuning learns the toy teacher within a few dozen steps
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on two busy cores wait on each other for milliseconds per op; the toy needs one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def _train(out: Path, *overrides: str, stage: ToyStage | None = None, resume: bool = False):
@@ -67,20 +61,9 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **extra}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _command(run: Path, *args: str, ranks: int = 1) -> list[str]:
     """``spc-fast train`` on the toy stage, under torchrun on a free port when ``ranks`` > 1."""
-    if ranks > 1:
-        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_addr", "127.0.0.1",
-                    "--master_port", str(_free_port())]
-    else:
-        launcher = []
-    return [sys.executable, *launcher, "-m", "spc_fast.training", STAGE, *args, "--out", str(run)]
+    return train_command(STAGE, run, *args, ranks=ranks)
 
 
 def _run(command: list[str], timeout: float = 120, **env: str) -> subprocess.CompletedProcess:

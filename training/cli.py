@@ -12,6 +12,7 @@ it after the step in progress, with a checkpoint, status 143 or 130.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
@@ -21,22 +22,48 @@ PROG = "spc-fast train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Train a stage of SmartPhotoCrafter on one or many "
-                                     "processes (run it under torchrun for several).")
-    parser.add_argument("stage", metavar="STAGE",
-                        help="critic-sft, artist-sft or adapt (or a stage class outside the registry: module:Class)")
-    parser.add_argument("--config", metavar="NAME|FILE",
-                        help="a preset (tiny, release) or a TOML file laid over the release preset (default release)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one setting (dotted for tables: optim.lr=1e-4); repeatable")
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train a stage of SmartPhotoCrafter on one or many processes (run it under torchrun for several).",
+    )
+    parser.add_argument(
+        "stage",
+        metavar="STAGE",
+        help="critic-sft, artist-sft, adapt (stages I–II) or joint (stage III); or a stage class "
+        "outside the registry: module:Class",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="NAME|FILE",
+        help="a preset (tiny, release) or a TOML file laid over the release preset (default release)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting (dotted for tables: optim.lr=1e-4); repeatable",
+    )
     parser.add_argument("--out", metavar="RUN", help="the run folder (config, metrics, checkpoints, final weights)")
-    parser.add_argument("--resume", nargs="?", const="", metavar="RUN",
-                        help="continue RUN (default: --out) from its latest checkpoint to its steps")
+    parser.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        metavar="RUN",
+        help="continue RUN (default: --out) from its latest checkpoint to its steps",
+    )
     return parser
 
 
+# Stages with their own trainer and config (class attributes ``trainer``, ``train_config``, ``read_config``), imported
+# only when named: stage III builds on the registry's stages.
+_OWN_TRAINER = {"joint": "spc_fast.training.joint:JointStage"}
+
+
 def stage_class(name: str) -> type:
-    """The stage class the command line names: a registry name, or ``module:Class``."""
+    """The stage class the command line names: a registry name, ``joint``, or ``module:Class``."""
+    name = _OWN_TRAINER.get(name, name)
     if ":" in name:
         module_name, _, class_name = name.partition(":")
         try:
@@ -47,18 +74,24 @@ def stage_class(name: str) -> type:
 
     registry = getattr(stages, "STAGES", {})
     if name not in registry:
-        raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(sorted(registry)) or '(none registered)'}")
+        names = sorted([*registry, *_OWN_TRAINER])
+        raise ValueError(f"unknown stage {name!r}; choose one of {', '.join(names)}")
     return registry[name]
 
 
-def resolve(args: argparse.Namespace):
-    """The run's TrainConfig and whether it resumes."""
-    from spc_fast.training.config import read_config, train_config
+def resolve(args: argparse.Namespace, stage: type):
+    """The run's TrainConfig (``stage``'s own config type where it has one) and whether it resumes."""
+    from spc_fast.training import config as configs
     from spc_fast.training.trainer import CONFIG
 
+    if hasattr(stage, "train_config"):
+        train_config, read_config = stage.train_config, stage.read_config
+    else:
+        train_config = functools.partial(configs.train_config, args.stage)
+        read_config = configs.read_config
     if args.resume is None:
         out = [f"out={args.out}"] if args.out is not None else []
-        return train_config(args.stage, args.config, [*args.overrides, *out]), False
+        return train_config(args.config, [*args.overrides, *out]), False
     run = args.resume or args.out
     if not run:
         raise ValueError("--resume needs the run folder: --resume RUN")
@@ -86,8 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from spc_fast.training.trainer import Trainer
 
-        config, resume = resolve(args)
-        summary = Trainer(stage_class(args.stage)(), config, resume=resume).run()
+        stage = stage_class(args.stage)
+        config, resume = resolve(args, stage)
+        trainer = getattr(stage, "trainer", Trainer)
+        summary = trainer(stage(), config, resume=resume).run()
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -97,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     if main_rank:
         loss = "?" if summary.loss is None else f"{summary.loss:.4g}"
         if summary.stopped:
-            print(f"{PROG}: interrupted by {summary.stopped} at step {summary.step} of {summary.steps} (loss {loss}); "
-                  f"saved {summary.checkpoint}; continue with: {PROG} {args.stage} --resume {summary.run}",
-                  file=sys.stderr)
+            print(
+                f"{PROG}: interrupted by {summary.stopped} at step {summary.step} of {summary.steps} (loss {loss}); "
+                f"saved {summary.checkpoint}; continue with: {PROG} {args.stage} --resume {summary.run}",
+                file=sys.stderr,
+            )
         else:
-            print(f"{PROG}: {args.stage}: step {summary.step} of {summary.steps}, loss {loss}; "
-                  f"weights in {summary.final}")
+            print(
+                f"{PROG}: {args.stage}: step {summary.step} of {summary.steps}, loss {loss}; weights in {summary.final}"
+            )
     return summary.exit_status

@@ -27,7 +27,7 @@ from spc_fast.config import (
     to_dict,
 )
 
-STAGE_NAMES = ("critic-sft", "artist-sft", "adapt")
+STAGE_NAMES = ("critic-sft", "artist-sft", "adapt", "joint")
 PRESET_NAMES = ("tiny", "release")
 MODES = ("auto", "fsdp", "ddp", "none")
 PRECISIONS = ("bf16", "fp32")

@@ -73,6 +73,15 @@ class Stage(Protocol):
 STAGE_METHODS = ("build", "trainable", "blocks", "bucket", "sample", "collate", "loss", "export", "flops_per_sample")
 
 
+def stack_samples(samples: list[dict]) -> dict:
+    """A batch of one bucket's samples: tensors stacked (one size), everything else as lists."""
+    batch = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
 def check_stage(stage: object) -> None:
     """Raise a ValueError naming what ``stage`` lacks of the Stage protocol (before any model loads)."""
     missing = [name for name in STAGE_METHODS if not callable(getattr(stage, name, None))]

@@ -154,6 +154,7 @@ def tiny_critic(seed: int = 0, config: CriticConfig | None = None) -> ImageCriti
 
 
 def tiny_artist(seed: int = 0, config: ArtistConfig | None = None) -> PhotoArtist:
-    """A tiny random-weight Qwen-Image-Edit artist that takes ``tiny_critic``'s H_c; ``config`` defaults to the
+    """A tiny Qwen-Image-Edit artist (random DiT, the VAE a block-mean codec that keeps a photo's colours:
+    ``spc_fast.models.tiny_vae``) that takes ``tiny_critic``'s H_c; ``config`` defaults to the
     ``tiny`` preset's (float32 on the CPU, few steps, small images)."""
     return _artist(dataclasses.replace(config or PRESETS[TINY].artist, weights=TINY), seed)

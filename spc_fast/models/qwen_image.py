@@ -1,4 +1,4 @@
-"""Qwen-Image-Edit artist components: the release's configs, tiny random-weight builds, loading from local directories.
+"""Qwen-Image-Edit artist components: the release's configs, tiny builds, loading from local directories.
 
 The classes are diffusers' own (`QwenImageTransformer2DModel`, `AutoencoderKLQwenImage`,
 `FlowMatchEulerDiscreteScheduler`); this module only holds their configurations and the local-directory loader.
@@ -17,6 +17,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from spc_fast.artist.lora import LORA_ALPHA, LORA_RANK, LORA_TARGETS, lora_config  # noqa: F401 (re-exported)
+from spc_fast.models.tiny_vae import make_block_mean_codec_
 from spc_fast.models.weights import ModuleT, build_empty, load_weights, weight_files
 
 # Qwen-Image-Edit-2509 transformer/config.json (the DiT of the public release). These three configs were checked
@@ -91,10 +92,12 @@ def build_dit(num_layers: int | None = None, dtype: torch.dtype = torch.bfloat16
 
 def tiny_artist_components(seed: int = 0) -> tuple[QwenImageTransformer2DModel, AutoencoderKLQwenImage,
                                                     FlowMatchEulerDiscreteScheduler]:
-    """Tiny random-weight transformer, VAE and the release scheduler (float32, CPU, eval mode)."""
+    """Tiny transformer with random weights drawn from ``seed``, the tiny VAE as a block-mean codec
+    (``make_block_mean_codec_``: the same for every seed) and the release scheduler (float32, CPU, eval mode)."""
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(**TINY_DIT_CONFIG).eval()
-    vae = AutoencoderKLQwenImage(**TINY_VAE_CONFIG).eval()
+    # the random init still runs, so the RNG state after this call is what callers drew from before
+    vae = make_block_mean_codec_(AutoencoderKLQwenImage(**TINY_VAE_CONFIG).eval())
     return transformer, vae, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
 
 

@@ -35,7 +35,7 @@ from spc_fast.training.config import TrainConfig
 from spc_fast.training.data.manifest import Record, load_image
 from spc_fast.training.export import export_artist
 from spc_fast.training.flow import draw_flow, flow_matching_loss, noisy_latents
-from spc_fast.training.stage import StepLoss
+from spc_fast.training.stage import StepLoss, stack_samples
 from spc_fast.training.stages.flops import attention_flops, dit_streams, matmul_flops
 
 
@@ -81,6 +81,34 @@ def to_unit(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
 
 
+def _tiny_components() -> tuple:
+    with torch.random.fork_rng(devices=[]):
+        return qwen_image.tiny_artist_components(0)
+
+
+def artist_components(config: TrainConfig, device: torch.device, stage: str) -> tuple:
+    """(DiT, VAE, scheduler) of ``config.artist.weights`` in float32 (the optimizer's master weights) on
+    ``device``: the tiny models, or a Qwen-Image-Edit-2509 directory (a previous run's ``RUN/final`` too)."""
+    weights = config.artist.weights
+    if weights is None:
+        raise ValueError(
+            f"{stage} trains the diffusion artist: set artist.weights (a Qwen-Image-Edit-2509 "
+            "directory, a previous run's RUN/final, or 'tiny')"
+        )
+    if weights == TINY:
+        transformer, vae, scheduler = _tiny_components()
+        return transformer.to(device), vae.to(device), scheduler
+    return qwen_image.load_artist(weights, torch.float32, release=config.artist.release, device=device)
+
+
+def export_base(config: TrainConfig) -> tuple:
+    """(the base an export links or writes beside the trained weights, their dtype) for ``export_artist``."""
+    weights = config.artist.weights
+    if weights == TINY:
+        return _tiny_components, torch.float32
+    return (Path(weights), Path(config.artist.release or weights)), torch.bfloat16
+
+
 class ArtistSFT:
     """Stage I of the artist (see the module docstring)."""
 
@@ -109,20 +137,7 @@ class ArtistSFT:
     def _artist(self, config: TrainConfig, device: torch.device) -> PhotoArtist:
         """The DiT (float32: the optimizer's master weights), VAE and scheduler; LoRA added (or the weights' own
         ``dit_lora/`` trained further, as stage II continues stage I) or every weight trained."""
-        weights = config.artist.weights
-        if weights is None:
-            raise ValueError(
-                f"{self.name} trains the diffusion artist: set artist.weights (a Qwen-Image-Edit-2509 "
-                "directory, a previous run's RUN/final, or 'tiny')"
-            )
-        if weights == TINY:
-            with torch.random.fork_rng(devices=[]):
-                transformer, vae, scheduler = qwen_image.tiny_artist_components(0)
-            transformer, vae = transformer.to(device), vae.to(device)
-        else:
-            transformer, vae, scheduler = qwen_image.load_artist(
-                weights, torch.float32, release=config.artist.release, device=device
-            )
+        transformer, vae, scheduler = artist_components(config, device, self.name)
         adapted = bool(getattr(transformer, "peft_config", None))
         if config.lora:
             if not adapted:
@@ -183,12 +198,7 @@ class ArtistSFT:
         return {**sample, "target": self.working(record.target, sample["size"]), "instruction": instruction(record)}
 
     def collate(self, samples: list[dict]) -> dict:
-        """Tensors stacked (one bucket: one size), everything else as lists."""
-        batch = {}
-        for key in samples[0]:
-            values = [s[key] for s in samples]
-            batch[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
-        return batch
+        return stack_samples(samples)
 
     # ---- loss -------------------------------------------------------------------------------------------------
 
@@ -244,19 +254,13 @@ class ArtistSFT:
     def export(self, directory: Path, state_dict: dict[str, torch.Tensor]) -> None:
         """``dit_lora/`` (LoRA) or ``dit.safetensors`` (full) beside the base's diffusers layout: linked from the
         weights directory, or written for the tiny model, so ``--artist RUN/final`` loads the trained artist."""
-        weights = self.config.artist.weights
-        transformer = self.artist.transformer
-        if weights == TINY:
-
-            def base() -> tuple:
-                with torch.random.fork_rng(devices=[]):
-                    return qwen_image.tiny_artist_components(0)
-
-            chosen, dtype = base, torch.float32
-        else:
-            release = self.config.artist.release
-            chosen, dtype = (Path(weights), Path(release or weights)), torch.bfloat16
+        base, dtype = export_base(self.config)
         state_dict = {**self.untrained, **state_dict}
         export_artist(
-            Path(directory), state_dict, transformer=transformer, lora=self.config.lora, base=chosen, dtype=dtype
+            Path(directory),
+            state_dict,
+            transformer=self.artist.transformer,
+            lora=self.config.lora,
+            base=base,
+            dtype=dtype,
         )
