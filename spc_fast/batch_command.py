@@ -1,6 +1,7 @@
 """What the subcommands that run the pipeline over files (``enhance``, ``edit``) share: every check that needs no
-pixels before a model loads, one progress line per file as it finishes, the summary, the JSON report, and a clean
-stop on Ctrl-C or SIGTERM (``Terminated``). ``commands`` holds the subcommands themselves.
+pixels before a model loads, one progress line per file as it finishes, the summary, the report (JSON, or a page
+with thumbnails for a ``.html`` name), and a clean stop on Ctrl-C or SIGTERM (``Terminated``). ``commands`` holds
+the subcommands themselves.
 
 Heavy modules (torch, the image files, the models) are imported inside the functions that need them, so ``--help``
 answers at once.
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("spc_fast")
 
 PROG = "spc-fast"
+HTML_SUFFIXES = (".html", ".htm")  # --report with one of these writes a page (report_html), else JSON
 
 
 def version() -> str:
@@ -94,15 +96,26 @@ def run_files(
         try:
             report = result.to_json()
             report["images"] = [_without_rewards(record, drop_rewards) for record in report["images"]]
-            batch.write_report(
-                args.report, {"version": version(), **(header or {}), **description, **report}, overwrite=args.overwrite
-            )
+            write_report(args.report, {"version": version(), **(header or {}), **description, **report},
+                         overwrite=args.overwrite)
             print(f"wrote {args.report}")
         except ValueError as error:  # the per-image lines are already out; say this and finish the summary
             print(f"{PROG}: error: --report: {error}", file=sys.stderr)
             status = status or 1
     _print_summary(result)
     return status or (1 if result.failures else 0)
+
+
+def write_report(path: Path, report: dict[str, object], *, overwrite: bool = False) -> Path:
+    """Write the run's report in the format its extension names: ``.html`` / ``.htm`` a page with thumbnails
+    (``report_html``), anything else JSON."""
+    if path.suffix.lower() in HTML_SUFFIXES:
+        from spc_fast import report_html
+
+        return report_html.write_report(path, report, overwrite=overwrite)
+    from spc_fast import batch
+
+    return batch.write_report(path, report, overwrite=overwrite)
 
 
 def _without_rewards(record: dict, names: Collection[str]) -> dict:

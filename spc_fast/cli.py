@@ -1,5 +1,5 @@
 """The ``spc-fast`` command line: ``enhance``, ``edit``, ``critique``, ``analyze``, ``retouch``; ``bench``, ``train``,
-``data`` and ``evaluate`` hand their arguments to their own parsers (``_DELEGATED``).
+``data``, ``evaluate`` and ``demo`` hand their arguments to their own parsers (``_DELEGATED``).
 
 argparse lives here and in those modules only. Model and pipeline flags map onto
 ``spc_fast.config.PipelineConfig`` (preset, then ``--config FILE``, then ``--set key=value``, then the flags);
@@ -109,9 +109,10 @@ def _file_arguments(parser: argparse.ArgumentParser, done: str) -> None:
         "-o", "--output", type=Path, required=True, metavar="OUT",
         help="output file (one input file) or folder (several inputs or a folder; created if missing)",
     )
-    parser.add_argument("--report", type=Path, metavar="JSON", help="write each image's critique, attributes "
-                        "before/after and rewards, the failures and what was skipped to this JSON file (never an "
-                        "input or an output of the run; an existing file only with --overwrite)")
+    parser.add_argument("--report", type=Path, metavar="FILE", help="write each image's critique, attributes "
+                        "before/after and rewards, the failures and what was skipped to this file: JSON, or a page "
+                        "with thumbnails for a .html name (never an input or an output of the run; an existing file "
+                        "only with --overwrite)")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing outputs (even the inputs) "
                           "and an existing report")
@@ -223,12 +224,14 @@ _DELEGATED = {
     "train": "spc_fast.training.cli",
     "data": "spc_fast.training.data.cli",
     "evaluate": "spc_fast.evaluate.cli",
+    "demo": "spc_fast.demo",
 }
 _DELEGATED_HELP = {
     "bench": "run the benchmarks (spc-fast bench --help)",
     "train": "train a stage: critic-sft, artist-sft, adapt, joint (spc-fast train --help)",
     "data": "build, import and check training data (spc-fast data --help)",
     "evaluate": "score edits against references: PSNR, SSIM, ΔE2000, LPIPS, … (spc-fast evaluate --help)",
+    "demo": "degrade a bundled photo and enhance it: before/after image and report (spc-fast demo --help)",
 }
 
 

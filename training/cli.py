@@ -1,4 +1,5 @@
-"""``spc-fast train STAGE --config NAME|FILE [--set key=value …] [--out RUN] [--resume [RUN]]`` — also
+"""``spc-fast train STAGE --config NAME|FILE [--set key=value …] [--out RUN] [--resume [RUN]]`` and
+``spc-fast train plot RUN`` (``spc_fast.training.plot``) — the first also
 ``python -m spc_fast.training …``, which is what torchrun starts on every rank::
 
     torchrun --nproc_per_node 2 -m spc_fast.training artist-sft --config tiny --set data=DATA --out RUN
@@ -114,7 +115,12 @@ def _message(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``spc-fast train`` and ``python -m spc_fast.training``; returns the exit status."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plot"]:  # spc-fast train plot RUN: charts of a run's metrics.jsonl
+        from spc_fast.training import plot
+
+        return plot.main(argv[1:])
+    args = build_parser().parse_args(argv)
     main_rank = os.environ.get("RANK", "0") == "0"
     try:
         from spc_fast.training.trainer import Trainer
