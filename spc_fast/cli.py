@@ -1,5 +1,5 @@
 """The ``spc-fast`` command line: ``enhance``, ``edit``, ``critique``, ``analyze``, ``retouch``; ``bench``, ``train``,
-``data``, ``evaluate`` and ``demo`` hand their arguments to their own parsers (``_DELEGATED``).
+``data``, ``evaluate``, ``demo``, ``serve`` and ``export`` hand their arguments to their own parsers (``_DELEGATED``).
 
 argparse lives here and in those modules only. Model and pipeline flags map onto
 ``spc_fast.config.PipelineConfig`` (preset, then ``--config FILE``, then ``--set key=value``, then the flags);
@@ -225,6 +225,8 @@ _DELEGATED = {
     "data": "spc_fast.training.data.cli",
     "evaluate": "spc_fast.evaluate.cli",
     "demo": "spc_fast.demo",
+    "serve": "spc_fast.serve.server",
+    "export": "spc_fast.export.cli",
 }
 _DELEGATED_HELP = {
     "bench": "run the benchmarks (spc-fast bench --help)",
@@ -232,6 +234,9 @@ _DELEGATED_HELP = {
     "data": "build, import and check training data (spc-fast data --help)",
     "evaluate": "score edits against references: PSNR, SSIM, ΔE2000, LPIPS, … (spc-fast evaluate --help)",
     "demo": "degrade a bundled photo and enhance it: before/after image and report (spc-fast demo --help)",
+    "serve": "the enhancer as an HTTP service with dynamic batching (spc-fast serve --help)",
+    "export": "export the artist's DiT step to AOTInductor, ONNX or TensorRT with a parity manifest "
+    "(spc-fast export --help)",
 }
 
 

@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Train a stage of SmartPhotoCrafter on one or many processes (run it under torchrun for several).",
+        epilog="spc-fast train plot RUN draws a run's loss, rewards and time split (spc-fast train plot --help).",
     )
     parser.add_argument(
         "stage",

@@ -75,7 +75,9 @@ class RealQwenRope(nn.Module):
         shapes = shapes if isinstance(shapes, list) else [shapes]
         img = torch.cat([self._image(i, *fhw, device) for i, fhw in enumerate(shapes)], dim=0)
         start = max(max(h // 2, w // 2) for _, h, w in shapes)
-        txt_pos = torch.arange(start, start + int(max_txt_seq_len), device=device)
+        # a SymInt length stays symbolic under torch.export (int() would bake the example's length in)
+        length = max_txt_seq_len if isinstance(max_txt_seq_len, (int, torch.SymInt)) else int(max_txt_seq_len)
+        txt_pos = torch.arange(start, start + length, device=device)
         txt = torch.cat([_angles(txt_pos, d, self.theta) for d in self.axes_dim], dim=-1)
         return img, _cos_sin(txt)
 
