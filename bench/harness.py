@@ -3,7 +3,8 @@
 A row is one (benchmark, provider, shape, dtype) measurement: p20/p50/p80 wall times, bytes moved and the
 achieved GB/s, the fraction of the device copy bandwidth measured in the same run, the error against the float64
 reference, and ratios to the baselines of the same run. The report prints a table and writes JSON together with
-the environment (device, versions, git commit, resolved options).
+the environment (device, versions, git commit, resolved options). A provider that cannot run here (a missing
+library, no GPU) still gets its row, from ``not_run``: no timings, and a note that says why.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Row:
     p50_ms: float
     p80_ms: float
     bytes_moved: int | None = None
+    flops: float | None = None  # per call; with bytes_moved, the row's point on the roofline
     gb_per_s: float | None = None
     fraction_of_copy_bw: float | None = None
     max_error: float | None = None  # against the float64 reference; what kind is in the bench's ERROR_KIND
@@ -77,6 +79,16 @@ def time_once(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = fn()
     return result, (time.perf_counter() - start) * 1e3
+
+
+def not_run(bench: str, case: str, provider: str, reason: str) -> Row:
+    """The row of a provider that could not run in this environment: NaN timings (null in JSON), the reason."""
+    return Row(bench=bench, case=case, provider=provider, p20_ms=math.nan, p50_ms=math.nan, p80_ms=math.nan,
+               note=f"not run: {reason}")
+
+
+def was_run(row: Row) -> bool:
+    return math.isfinite(row.p50_ms)
 
 
 def reference_row(bench: str, case: str, p50_ms: float, nbytes: int) -> Row:
@@ -147,7 +159,7 @@ def environment(device: torch.device) -> dict[str, object]:
 def fill_ratios(rows: list[Row], baselines: tuple[str, ...]) -> None:
     """speedup_vs[b] = p50 of baseline b / p50 of the row, for every baseline measured on the same case."""
     by_case: dict[tuple[str, str], dict[str, Row]] = {}
-    for row in rows:
+    for row in filter(was_run, rows):
         by_case.setdefault((row.bench, row.case), {})[row.provider] = row
     for providers in by_case.values():
         for row in providers.values():
@@ -167,6 +179,9 @@ def format_table(rows: list[Row]) -> str:
              f"{'%copy':>6} {'max err':>9}  speedup"
     lines = [header, "-" * len(header)]
     for r in rows:
+        if not was_run(r):
+            lines.append(f"{r.bench:<12} {r.case:<26} {r.provider:<22} {'not run':>9}")
+            continue
         spread = f"{r.p20_ms:.2f}-{r.p80_ms:.2f}"
         frac = None if r.fraction_of_copy_bw is None else 100 * r.fraction_of_copy_bw
         ratios = ", ".join(f"{v:.2f}x {k}" for k, v in r.speedup_vs.items())
@@ -181,7 +196,12 @@ def format_table(rows: list[Row]) -> str:
 
 
 def write_json(path: str | os.PathLike, env: dict, config: dict, rows: list[Row]) -> None:
-    payload = {"environment": env, "config": config, "rows": [dataclasses.asdict(r) for r in rows]}
+    # strict JSON: the NaN timings of rows that did not run become null
+    rows_out = [
+        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in dataclasses.asdict(r).items()}
+        for r in rows
+    ]
+    payload = {"environment": env, "config": config, "rows": rows_out}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

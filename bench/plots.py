@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,6 +71,12 @@ def _log_scale(axes) -> None:
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
 
 
+def _measured(row: dict) -> bool:
+    """The row has a positive p50 (rows of providers that did not run carry NaN, or null once in JSON)."""
+    p50 = row.get("p50_ms")
+    return p50 is not None and math.isfinite(p50) and p50 > 0
+
+
 def _percent_of_copy(row: dict) -> float | None:
     return None if row.get("fraction_of_copy_bw") is None else 100 * row["fraction_of_copy_bw"]
 
@@ -83,9 +90,12 @@ def bench_figure(bench: str, rows: list[dict], device: str):
     )
     axes = figure.subplots(panels, 1, squeeze=False)[:, 0]
     _grouped_bars(
-        axes[0], rows, lambda r: r["p50_ms"], whiskers=lambda r: (r["p50_ms"] - r["p20_ms"], r["p80_ms"] - r["p50_ms"])
+        axes[0],
+        rows,
+        lambda r: r["p50_ms"] if _measured(r) else None,
+        whiskers=lambda r: (r["p50_ms"] - r["p20_ms"], r["p80_ms"] - r["p50_ms"]),
     )
-    times = [r["p50_ms"] for r in rows if r["p50_ms"] > 0]
+    times = [r["p50_ms"] for r in rows if _measured(r)]
     if times and max(times) / min(times) > 30:
         _log_scale(axes[0])
     axes[0].set_ylabel("time per call (ms)\nbar p50, whiskers p20–p80")
@@ -107,7 +117,7 @@ def roofline_figure(rows: list[dict], environment: dict):
     was not measured."""
     bandwidth = environment.get("copy_bandwidth_gb_per_s")
     peak = environment.get("matmul_peak_tflops")
-    points = [r for r in rows if r.get("flops") and r.get("bytes_moved") and r["p50_ms"] > 0]
+    points = [r for r in rows if r.get("flops") and r.get("bytes_moved") and _measured(r)]
     if not points or not bandwidth or not peak:
         return None
     intensity = [r["flops"] / r["bytes_moved"] for r in points]

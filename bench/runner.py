@@ -16,7 +16,7 @@ from spc_fast.bench import harness, plots
 # name -> module under spc_fast.bench with run(device, quick) -> list[Row] and BASELINES
 BENCHMARKS = (
     "photometric", "retouch", "nft_loss", "grpo_loss", "rewards", "critic_generate", "artist_step", "artist_sample",
-    "model_loading", "full_res", "train_step", "stage3_step",
+    "model_loading", "full_res", "train_step", "stage3_step", "inference",
 )
 
 

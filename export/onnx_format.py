@@ -45,12 +45,15 @@ def export_onnx(step: torch.nn.Module, args: tuple, dynamic_shapes: tuple, direc
 
 def load_onnx(path: Path, device: str = "cpu"):
     """A callable over the step's five torch inputs returning a torch velocity tensor (ONNX Runtime, CUDA's provider
-    when ``device`` is CUDA and the installed build has it)."""
+    when ``device`` is CUDA and the installed build has it, on ``torch.get_num_threads()`` CPU threads)."""
     ort = _require("onnxruntime")
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(path), providers=providers)
+    options = ort.SessionOptions()
+    # torch's thread count: ONNX Runtime's own pool next to torch's oversubscribes the cores
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
     def run(*args: torch.Tensor) -> torch.Tensor:
         feed = {name: arg.detach().cpu().numpy() for name, arg in zip(INPUT_NAMES, args, strict=True)}

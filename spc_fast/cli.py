@@ -23,11 +23,12 @@ from spc_fast.config import ATTENTION_BACKENDS, DTYPES, FULL_RES, PRESETS, Pipel
 
 logger = logging.getLogger("spc_fast")
 PROG = batch_command.PROG
+RAY_EXTRA = "pip install 'spc-fast[ray]'"
 
 # flag -> field, for the flags that configure one model (an error without that model) or both
 _CRITIC_FLAGS = {"critic": "weights", "max_new_tokens": "max_new_tokens", "critic_prompt": None}  # None: two fields
 _ARTIST_FLAGS = {"artist": "weights", "release": "release", "steps": "steps", "seed": "seed", "pixels": "pixels",
-                 "full_res": "full_res", "release_mlp": "release_mlp"}
+                 "full_res": "full_res", "release_mlp": "release_mlp", "engine": "engine"}
 _SHARED_FLAGS = ("attention", "compile", "device", "dtype")
 
 
@@ -54,6 +55,11 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _path_or_uri(text: str) -> Path | str:
+    """An argparse ``type``: a path, or a URI as typed (``Path`` would fold ``s3://`` into ``s3:/``)."""
+    return text if "://" in text else Path(text)
+
+
 def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool, generates: bool = True) -> None:
     """The configuration and model flags; ``generates``: the critic writes an answer (not in edit mode, which has
     no --max-new-tokens and no --rescore)."""
@@ -75,6 +81,10 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool, generates
                            "'tiny'; needs --critic")
         group.add_argument("--release", metavar="DIR", help="directory with the release's dit.safetensors and "
                            "dit_lora/ (default: the --artist directory)")
+        group.add_argument("--engine", metavar="DIR", help="an exported DiT step (spc-fast export --out DIR: "
+                           "AOTInductor, ONNX or TensorRT) samples in place of the DiT, whose weights are not loaded; "
+                           "the VAE (from --artist) and the critic stay PyTorch (--compile compiles the critic). "
+                           "Needs --artist, the directory or 'tiny' it was exported from")
         group.add_argument("--steps", type=_whole_number(2), metavar="N", help="sampling steps (default 20)")
         group.add_argument("--seed", type=_whole_number(), help="base seed; each image's noise comes from it and "
                            "the image's pixels, so an edit does not depend on the other inputs (default 0)")
@@ -104,12 +114,12 @@ def _model_arguments(parser: argparse.ArgumentParser, *, artist: bool, generates
 
 def _file_arguments(parser: argparse.ArgumentParser, done: str) -> None:
     """Inputs, output, report and the flags for existing outputs and batching: what enhance and edit share."""
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="image files or folders of images")
+    parser.add_argument("inputs", nargs="+", type=_path_or_uri, metavar="IN", help="image files or folders of images")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, metavar="OUT",
+        "-o", "--output", type=_path_or_uri, required=True, metavar="OUT",
         help="output file (one input file) or folder (several inputs or a folder; created if missing)",
     )
-    parser.add_argument("--report", type=Path, metavar="FILE", help="write each image's critique, attributes "
+    parser.add_argument("--report", type=_path_or_uri, metavar="FILE", help="write each image's critique, attributes "
                         "before/after and rewards, the failures and what was skipped to this file: JSON, or a page "
                         "with thumbnails for a .html name (never an input or an output of the run; an existing file "
                         "only with --overwrite)")
@@ -137,6 +147,9 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
         critic.update(read_prompts(args.critic_prompt))
     artist = {_ARTIST_FLAGS[f]: str(v) if f in ("artist", "release") else v for f, v in given(_ARTIST_FLAGS).items()}
     shared = given(_SHARED_FLAGS)
+    # an exported engine is compiled already: --compile then compiles the critic alone
+    engine = artist.get("engine", config.artist.engine)
+    artist_shared = {k: v for k, v in shared.items() if not (k == "compile" and engine)}
     # transformers has no xformers attention: that choice is the artist's alone, and needs an artist
     critic_shared = {k: v for k, v in shared.items() if not (k == "attention" and v == "xformers")}
     if shared.get("attention") == "xformers" and (getattr(args, "artist", None) or config.artist.weights) is None:
@@ -145,7 +158,7 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
     config = dataclasses.replace(
         config,
         critic=dataclasses.replace(config.critic, **critic, **critic_shared),
-        artist=dataclasses.replace(config.artist, **artist, **shared),
+        artist=dataclasses.replace(config.artist, **artist, **artist_shared),
         **({"rescore": True} if getattr(args, "rescore", None) else {}),
         **({"batch_size": args.batch} if getattr(args, "batch", None) is not None else {}),
     )
@@ -155,6 +168,15 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
             if stray:
                 raise ValueError(f"{', '.join(stray)} configure the neural {model}; add --{model} DIR or drop them")
     return config
+
+
+def _run_enhance(args: argparse.Namespace, config: PipelineConfig) -> int:
+    """enhance here, or with --ray (and its flags) on a Ray cluster."""
+    if args.ray or any(getattr(args, flag) is not None for flag in ("address", "actors", "gpus_per_actor")):
+        from spc_fast import ray_batch
+
+        return ray_batch.run_command(args, config)
+    return commands.run_enhance(args, config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _file_arguments(enhance, "enhanced")
     _model_arguments(enhance, artist=True)
-    enhance.set_defaults(run=commands.run_enhance)
+    cluster = enhance.add_argument_group(f"a Ray cluster (needs {RAY_EXTRA})")
+    cluster.add_argument("--ray", action="store_true", help="enhance the folder or URI IN (sub-folders included) into "
+                         "OUT on Ray Data, keeping relative paths; the report defaults to OUT/report.jsonl")
+    cluster.add_argument("--address", metavar="ADDR", help="the cluster (default: $RAY_ADDRESS, else a local one)")
+    cluster.add_argument("--actors", type=_whole_number(1), metavar="N", help="pipelines at once (default 1)")
+    cluster.add_argument("--gpus-per-actor", type=_number, metavar="G",
+                         help="GPUs each pipeline holds (default 1 with neural models, 0 without)")
+    enhance.set_defaults(run=_run_enhance)
 
     edit = subcommands.add_parser(
         "edit", help="edit images as an instruction says (rule or diffusion artist)",

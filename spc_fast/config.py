@@ -88,7 +88,10 @@ class ArtistConfig:
     """The photographic artist. ``weights``: a diffusers Qwen-Image-Edit-2509 directory (``release``: where
     ``dit.safetensors``/``dit_lora/`` are, default ``weights``), ``"tiny"``, or None for the rule executor.
     ``release_mlp``: the DiT's feed-forwards apply the release's (DiffSynth's) ``x · σ(1.702 x)`` instead of Qwen's
-    tanh-GELU, so the same weights give the release's velocities (``spc_fast.artist.use_release_mlp``)."""
+    tanh-GELU, so the same weights give the release's velocities (``spc_fast.artist.use_release_mlp``).
+    ``engine``: a directory ``spc-fast export`` wrote; its compiled DiT step samples in place of the DiT, whose
+    weights are then never loaded. The VAE and scheduler still come from ``weights`` (a directory or ``"tiny"``),
+    and the manifest must match this config (DiT inputs, ``release_mlp``, the resolved dtype and device)."""
 
     weights: str | None = None
     release: str | None = None
@@ -104,8 +107,25 @@ class ArtistConfig:
     device: str | None = None
     dtype: str | None = None
     full_res: str = "transfer"  # transfer: the edit's colour transform applied at full size; resize: bicubic
+    engine: str | None = None  # an exported DiT step (spc-fast export --out DIR) instead of the DiT's weights
 
     def __post_init__(self) -> None:
+        if self.engine is not None:
+            _check(
+                self.weights is not None,
+                f"artist.engine {self.engine!r} replaces the DiT only: set artist.weights (--artist) too, the "
+                "directory or 'tiny' the engine was exported from, which gives the VAE and the scheduler",
+            )
+            _check(
+                not self.compile,
+                "artist.compile and artist.engine exclude each other: the exported engine is already compiled; "
+                "drop --compile (or artist.compile=true)",
+            )
+            _check(
+                self.release is None,
+                f"artist.release {self.release!r} names DiT weights and LoRA, which artist.engine replaces (the "
+                "export merged them); drop --release",
+            )
         # the release scheduler's terminal stretch needs two sigmas
         _check(self.steps >= 2, f"artist.steps must be at least 2, got {self.steps}")
         _check(

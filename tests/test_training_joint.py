@@ -91,8 +91,11 @@ def toy(tmp_path_factory) -> Path:
     return out
 
 
+RANDOM_START = ["tiny_start=false", "critic.max_new_tokens=32"]  # the toy task is made for the random tiny models
+
+
 def _config(data: Path, *overrides: str):
-    return joint_config("tiny", [f"data={data}", *overrides])
+    return joint_config("tiny", [f"data={data}", *RANDOM_START, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +131,7 @@ def test_presets_validation_and_the_config_file_round_trip(tmp_path):
         (["optim.grad_accum=2"], "grad_accum=1"),
         (["rl.edits=1"], "two edits"),
         (["rl.answers=1"], "answers must be at least 2"),
+        (["critic.weights=/models/critic"], "tiny_start=false"),
     ):
         with pytest.raises(ValueError, match=message):
             joint_config("tiny", overrides)
@@ -321,6 +325,7 @@ def test_two_ranks_stopped_and_resumed_log_the_uninterrupted_run(toy, tmp_path):
     settings = [
         "--config",
         "tiny",
+        *(arg for setting in RANDOM_START for arg in ("--set", setting)),
         "--set",
         f"data={toy}",
         "--set",
@@ -349,6 +354,7 @@ def test_two_ranks_raise_the_artists_reward_on_the_toy_task(toy, tmp_path):
         run,
         "--config",
         "tiny",
+        *(arg for setting in RANDOM_START for arg in ("--set", setting)),
         "--set",
         f"data={toy}",
         "--set",

@@ -15,10 +15,12 @@ layout with ``dit_lora/`` live side by side): ``spc-fast enhance --critic RUN/fi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from spc_fast.images import output_size, resize_bicubic
@@ -42,6 +44,7 @@ from spc_fast.training.joint_summary import StepTimer, rollout_rewards, summaris
 from spc_fast.training.stage import StepLoss, stack_samples
 from spc_fast.training.stages.artist_sft import export_base, to_unit
 from spc_fast.training.stages.critic_sft import CriticSFT
+from spc_fast.training.tiny_start import tiny_start
 from spc_fast.training.trainer import FINAL, Trainer, to_device
 
 
@@ -56,11 +59,22 @@ class JointStage:
     def build(self, config: JointConfig, device: torch.device) -> None:
         """The critic (stage I's build: float32, LoRA on the language model) and the artist (trained and old
         adapters), and LPIPS when the perceptual term weighs."""
+        if config.tiny_start:
+            critic, artist = tiny_start()  # built once per machine (minutes), then read from the cache
+            config = dataclasses.replace(
+                config,
+                tiny_start=False,
+                critic=dataclasses.replace(config.critic, weights=str(critic)),
+                artist=dataclasses.replace(config.artist, weights=str(artist)),
+            )
         self.config, self.device = config, device
         self.critic_stage = CriticSFT()
         self.critic_stage.build(config, device)
         self.critic = self.critic_stage.critic
         self.critic_policy = CriticPolicy(self.critic_stage.model.vlm, self.critic).train()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            # sharded weights are gathered in every decode step: all ranks must run the same number of steps
+            self.critic.generator.stop_group = dist.group.WORLD
         self.critic_stage.model = self.critic_policy  # its export reads the VLM from here
         self.artist = build_artist(config, device)
         width = self.critic.model.config.text_config.hidden_size

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spc_fast.config import layered, load_toml, override
+from spc_fast.config import TINY, layered, load_toml, override
 from spc_fast.training.config import PRESET_NAMES, TrainConfig, preset
 
 STAGE = "joint"
+TINY_ANSWER_TOKENS = 48  # the tiny critic's token budget: a short answer takes 33–36 tokens (training/tiny_start.py)
 ARTIST_GROUPS = ("answer", "image")
 
 
@@ -115,9 +116,15 @@ class JointConfig(TrainConfig):
     references are the models with their adapters disabled, the artist's old policy a second adapter)."""
 
     rl: RLConfig = field(default_factory=RLConfig)
+    tiny_start: bool = False  # start from the tiny stage I–II models (training/tiny_start.py), not random ones
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(
+            not self.tiny_start or self.critic.weights == self.artist.weights == TINY,
+            "tiny_start starts the tiny models from their stage I-II weights: it needs critic.weights and "
+            f"artist.weights 'tiny', got {self.critic.weights!r} and {self.artist.weights!r}; set tiny_start=false",
+        )
         _check(
             self.lora,
             "joint trains LoRA adapters only (its reference policies are the models with the "
@@ -137,7 +144,8 @@ def _joint(base: TrainConfig, **changes) -> JointConfig:
 
 def joint_preset(name: str) -> JointConfig:
     """``release``: SPEC.md §8, rollouts at 512² (the size the memory plan in bench/RESULTS.md is made for).
-    ``tiny``: the tiny models on the CPU, G = 2 answers and K = 4 edits of 2 sampler steps per image; photometric
+    ``tiny``: the tiny models on the CPU after stages I–II (``tiny_start``: random ones have nothing to
+    reinforce), G = 2 answers and K = 4 edits of 2 sampler steps per image; photometric
     rewards only (λ2 = 0: no LPIPS weights needed); learning rates that move the toy problem of
     tests/test_training_joint.py within tens of steps (measured: 3e-4 barely moves a rank-4 adapter there); groups
     dropped only when their rewards are (almost) equal, because the tiny models' edits differ by a few hundredths
@@ -157,7 +165,8 @@ def joint_preset(name: str) -> JointConfig:
         rollout_batch=16,
         update_batch=16,
     )
-    return _joint(base, checkpoint_every=4, rl=rl)
+    critic = dataclasses.replace(base.critic, max_new_tokens=TINY_ANSWER_TOKENS)
+    return _joint(base, checkpoint_every=4, rl=rl, critic=critic, tiny_start=True)
 
 
 def joint_config(config: str | os.PathLike | None = None, overrides: Iterable[str] = ()) -> JointConfig:

@@ -20,6 +20,7 @@ from spc_fast.artist.rope import use_real_rope
 from spc_fast.artist.sampler import Trajectory, denoise, pack_latents, predict_velocity, schedule, unpack_latents
 from spc_fast.attention import notice, refuse, set_dit_attention
 from spc_fast.config import ArtistConfig
+from spc_fast.export.runtime import Engine, EngineDenoiser
 from spc_fast.images import OUTPUT_MULTIPLE as MULTIPLE
 from spc_fast.images import auto_resize_size, check_batch, output_size, resize_bicubic, to_unit_float
 
@@ -46,6 +47,10 @@ class PhotoArtist:
     backend that runs. ``release_mlp`` switches its feed-forwards to the release's activation (``use_release_mlp``,
     SPEC.md §6). Outputs above ``tiled_decode_pixels`` are decoded with the VAE's spatial tiling.
     ``config.compile`` samples through ``torch.compile`` of the DiT with ``compile_backend``/``compile_mode``.
+
+    ``engine`` (``use_engine``): an exported DiT step (``spc_fast.export.load_engine``) samples instead of the DiT,
+    which then only describes the model and may have its parameters on the meta device. ``device``/``dtype`` say
+    where sampling runs: the engine's when there is one, else the DiT's.
     """
 
     def __init__(
@@ -57,8 +62,22 @@ class PhotoArtist:
         *,
         compile_backend: str = "inductor",
         compile_mode: str | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self.config = config
+        self.vae = vae
+        self.scheduler = scheduler
+        self.tiled_decode_pixels = config.tiled_decode_pixels
+        cfg = vae.config
+        self._mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1)
+        self._std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1)
+        self.engine: Engine | None = None
+        if engine is not None:  # the DiT never runs: no RoPE, feed-forward or attention set-up on it
+            if config.compile:
+                raise ValueError("an exported engine is already compiled: set compile=False with an engine")
+            self.transformer = transformer
+            self.use_engine(engine)
+            return
         self.transformer = use_real_rope(transformer) if config.real_rope else transformer
         if config.release_mlp:
             use_release_mlp(self.transformer)
@@ -72,19 +91,32 @@ class PhotoArtist:
             notice(f"attention auto: PyTorch SDPA, because {reason}")
             attention = "sdpa"
         self.attention = set_dit_attention(self.transformer, attention)
-        self.vae = vae
-        self.scheduler = scheduler
-        self.tiled_decode_pixels = config.tiled_decode_pixels
         self.denoiser = self.transformer
         if config.compile:
             self.compile(backend=compile_backend, **({"mode": compile_mode} if compile_mode else {}))
-        cfg = vae.config
-        self._mean = torch.tensor(cfg.latents_mean).view(1, cfg.z_dim, 1, 1, 1)
-        self._std = torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        """Where sampling runs: the engine's device, else the DiT's."""
+        return torch.device(self.engine.device) if self.engine is not None else self.transformer.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision sampling runs in: the engine's, else the DiT's."""
+        return self.engine.dtype if self.engine is not None else self.transformer.dtype
 
     def compile(self, **kwargs) -> PhotoArtist:
         """Sample through ``torch.compile(transformer, fullgraph=True, **kwargs)`` from now on."""
+        if self.engine is not None:
+            raise ValueError("an exported engine is already compiled; compile the eager DiT only")
         self.denoiser = torch.compile(self.transformer, **{"fullgraph": True, **kwargs})
+        return self
+
+    def use_engine(self, engine: Engine) -> PhotoArtist:
+        """Sample through ``engine`` (an exported DiT step) from now on; the VAE stays this artist's."""
+        self.engine = engine
+        self.denoiser = EngineDenoiser(engine)
+        self.attention = f"exported ({engine.format})"
         return self
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -134,10 +166,10 @@ class PhotoArtist:
             )
         if h_c_mask is not None and h_c_mask.shape != h_c.shape[:2]:
             raise ValueError(f"h_c_mask must be [B, L] = {tuple(h_c.shape[:2])}, got {tuple(h_c_mask.shape)}")
-        device = self.transformer.device
+        device = self.device
         full = h_c_mask is None or (drop_full_mask and bool(h_c_mask.all()))
         mask = None if full else h_c_mask.to(device, torch.bool)
-        return h_c.to(device, self.transformer.dtype), mask
+        return h_c.to(device, self.dtype), mask
 
     @torch.no_grad()
     def edit(
@@ -177,7 +209,7 @@ class PhotoArtist:
         if h % MULTIPLE or w % MULTIPLE:
             raise ValueError(f"size {(h, w)} must have sides that are multiples of {MULTIPLE}")
         h2, w2 = auto_resize_size(h, w, target_pixels)
-        device, dtype = self.transformer.device, self.transformer.dtype
+        device, dtype = self.device, self.dtype
         sigmas, timesteps = schedule(self.scheduler, num_steps, (h // MULTIPLE) * (w // MULTIPLE), device)
         pixels = release_resize(images, (h, w), (h2, w2)).to(device)
         source = pack_latents(self.encode(pixels).to(dtype))  # [B, S', 64]: the edit image's tokens
@@ -246,9 +278,11 @@ class PhotoArtist:
         the NFT old policy), ``REFERENCE`` runs with the adapters disabled (the reference policy). The mask is used as
         given (no host sync): pass None when every H_c row is full. A sampler step is
         x_next = x + (sigma_next - sigma) v."""
+        if self.engine is not None:
+            raise ValueError("velocity needs the eager DiT (training); this artist samples through an exported engine")
         b = latents.shape[0]
         h_c, mask = self._conditioning(h_c, h_c_mask, b, drop_full_mask=False)
-        device, dtype = self.transformer.device, self.transformer.dtype
+        device, dtype = self.device, self.dtype
         t = torch.as_tensor(timestep, device=device).expand(b).to(dtype) / 1000
         with self._adapter_switch(adapter):
             return predict_velocity(

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from transformers import StaticCache
 
 # How often (in decode steps) the loop asks the device whether every sample has stopped: a host sync.
@@ -76,7 +77,11 @@ def bucket_left_pad(inputs: dict, multiple: int, pad_id: int) -> dict:
 
 class StaticGenerator:
     """Greedy or sampled generation with a static cache; ``compile=True`` compiles the decode step once per
-    (batch, cache length) shape. ``stop_ids`` end a sample (the stop token is kept as its last token)."""
+    (batch, cache length) shape. ``stop_ids`` end a sample (the stop token is kept as its last token).
+
+    ``stop_group``: a process group whose ranks stop decoding together, for a model whose every forward is a
+    collective (FSDP all-gathers each block's weights per decode step: a rank that stopped early would leave the
+    others waiting on a gather it never joins). None: each process stops when its own samples have."""
 
     def __init__(
         self,
@@ -91,6 +96,7 @@ class StaticGenerator:
         self.model = model
         self.stop_ids = torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
         self.pad_id = pad_id
+        self.stop_group: dist.ProcessGroup | None = None
         self.step = decode_step
         self._caches: dict[tuple, StaticCache] = {}
         if compile:
@@ -165,12 +171,23 @@ class StaticGenerator:
                 position = (next_position + t).view(1, batch, 1).expand(3, batch, 1)
                 state, logits = self.step(model, token[:, None], position, mask, cache)
                 states.append(state.clone())
-                if (t + 1) % STOP_CHECK_EVERY == 0 and bool(done.all()):
+                if (t + 1) % STOP_CHECK_EVERY == 0 and all_stopped(done, self.stop_group):
                     break
         generated = torch.stack(tokens, dim=1)  # [B, T]
         steps = torch.stack(states, dim=1) if states else prompt_states[:, :0]  # [B, T or T - 1, D]
         hidden, hidden_mask = _join_states(prompt_states, steps, prompt_lengths, lengths)
         return Generation(generated, lengths, torch.stack(logprobs, dim=1), hidden, hidden_mask, prompt_lengths)
+
+
+def all_stopped(done: torch.Tensor, group: dist.ProcessGroup | None = None) -> bool:
+    """Whether every sample in ``done`` [B] has stopped, on every rank of ``group`` when one is given (a host sync,
+    then one all-reduce)."""
+    stopped = done.all()
+    if group is None:
+        return bool(stopped)
+    flag = stopped.to(torch.int32).reshape(1)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag)
 
 
 @contextmanager

@@ -23,11 +23,14 @@ from spc_fast.critic.format import render
 from spc_fast.critic.model import ImageCritic
 from spc_fast.critic.prompts import ANALYSIS_PROMPT, SYSTEM_PROMPT
 from spc_fast.critic.vocabulary import MAGNITUDES, OPS, RESTORATION_OPS, CriticOutput, Suggestion
+from spc_fast.export.manifest import read_manifest
 from spc_fast.models import qwen_image, qwen_vl
 from spc_fast.notices import say_once
 
 DEFAULT_CRITIC = CriticConfig()
 DEFAULT_ARTIST = ArtistConfig()
+# the DiT config fields that fix an exported step's inputs and outputs: the rest lives inside the artifact
+ENGINE_DIT_FIELDS = ("patch_size", "in_channels", "out_channels", "joint_attention_dim")
 
 
 logger = logging.getLogger(__name__)
@@ -101,6 +104,8 @@ def _artist(config: ArtistConfig, seed: int) -> PhotoArtist:
     weights = _weights(config, "artist")
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    if config.engine is not None:
+        return _engine_artist(config, weights, device, dtype)
     if weights == TINY:
         transformer, vae, scheduler = qwen_image.tiny_artist_components(seed)
         transformer, vae = _placed(transformer, device, dtype), _placed(vae, device, dtype)
@@ -109,6 +114,56 @@ def _artist(config: ArtistConfig, seed: int) -> PhotoArtist:
         if getattr(transformer, "peft_config", None):
             merge_lora(transformer)
     return artist_from(transformer, vae, scheduler, config)
+
+
+def _engine_artist(config: ArtistConfig, weights: str, device: torch.device, dtype: torch.dtype) -> PhotoArtist:
+    """The artist whose DiT step is the exported engine ``config.engine``: the DiT built on the meta device (its
+    config only), the VAE and scheduler loaded, the manifest checked against them and the config."""
+    from spc_fast.export.runtime import load_engine
+
+    if weights == TINY:
+        transformer, vae, scheduler = qwen_image.tiny_components_without_dit()
+        vae = _placed(vae, device, dtype)
+    else:
+        transformer, vae, scheduler = qwen_image.load_components_without_dit(weights, dtype, device=device)
+    check_engine(read_manifest(config.engine), config, transformer.config, device, dtype)
+    engine = load_engine(config.engine, str(device))
+    return PhotoArtist(transformer, vae, scheduler, config, engine=engine)
+
+
+def check_engine(manifest: dict, config: ArtistConfig, dit_config, device: torch.device, dtype: torch.dtype) -> None:
+    """Raise ValueError naming each way the exported step in ``config.engine`` (its ``manifest``) does not fit the
+    artist ``config`` describes: the DiT's input and output layout, ``release_mlp``, dtype, device, pixels."""
+    exported = manifest["model"]["config"]
+    problems = [
+        f"{name} {exported.get(name)} in the engine, {getattr(dit_config, name)} in {config.weights}"
+        for name in ENGINE_DIT_FIELDS
+        if exported.get(name) != getattr(dit_config, name)
+    ]
+    fix = f"export the engine again from these weights (spc-fast export --artist {config.weights})"
+    if manifest["model"]["release_mlp"] != config.release_mlp:
+        problems.append(f"release_mlp {manifest['model']['release_mlp']} in the engine, {config.release_mlp} here")
+        fix += ", or " + ("add" if manifest["model"]["release_mlp"] else "drop") + " --release-mlp as the export did"
+    if manifest["dtype"] != str(dtype).removeprefix("torch."):
+        problems.append(f"dtype {manifest['dtype']} in the engine, {str(dtype).removeprefix('torch.')} here")
+        fix += f", or pass --dtype {manifest['dtype']}"
+    if torch.device(manifest["device"]).type != device.type:
+        problems.append(f"device {manifest['device']} in the engine, {device} here")
+        fix += f", or pass --device {manifest['device']}"
+    low, high = manifest["ranges"]["pixels"]
+    if not low <= config.pixels <= high:
+        problems.append(f"the artist works at {config.pixels} pixels, outside the engine's {low}..{high}")
+        fix += f", or pass --pixels between {low} and {high}"
+    parity = manifest.get("parity")
+    if not (parity and parity.get("passed")):
+        if parity:
+            found = f"a failed parity check (max rel {parity['max_rel']:.3g} > {parity['threshold']:.3g})"
+        else:
+            found = "no parity check (the export did not finish)"
+        problems.append(f"the engine's manifest records {found}")
+        fix += f", or check it again with spc-fast export --verify {config.engine}"
+    if problems:
+        raise ValueError(f"the engine {config.engine} does not fit this artist: {'; '.join(problems)}. Fix: {fix}")
 
 
 def build_critic(config: CriticConfig) -> ImageCritic:
@@ -120,7 +175,8 @@ def build_critic(config: CriticConfig) -> ImageCritic:
 def build_artist(config: ArtistConfig) -> PhotoArtist:
     """The artist ``config`` names: ``weights`` a diffusers Qwen-Image-Edit-2509 directory (plus ``dit.safetensors``/
     ``dit_lora/`` from ``config.release``, default the same directory; a LoRA is merged for inference) or ``"tiny"``,
-    on ``config.device`` in ``config.dtype``. Never downloads."""
+    on ``config.device`` in ``config.dtype``. With ``config.engine`` the exported step samples instead of the DiT,
+    whose weights are not read (``check_engine`` says why an engine does not fit). Never downloads."""
     return _artist(config, seed=0)
 
 

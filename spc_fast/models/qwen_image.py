@@ -101,6 +101,35 @@ def tiny_artist_components(seed: int = 0) -> tuple[QwenImageTransformer2DModel, 
     return transformer, vae, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
 
 
+def tiny_components_without_dit() -> tuple[QwenImageTransformer2DModel, AutoencoderKLQwenImage,
+                                           FlowMatchEulerDiscreteScheduler]:
+    """``tiny_artist_components`` with the DiT's parameters on the meta device (no memory, no random draws): for an
+    exported step that samples in its place, the DiT only describes the model (its config)."""
+    transformer = build_empty(lambda: QwenImageTransformer2DModel(**TINY_DIT_CONFIG)).eval()
+    vae = make_block_mean_codec_(AutoencoderKLQwenImage(**TINY_VAE_CONFIG).eval())
+    return transformer, vae, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+
+
+def load_components_without_dit(path: str | Path, dtype: torch.dtype = torch.bfloat16, *,
+                                device: torch.device | str = "cpu") -> tuple[QwenImageTransformer2DModel,
+                                                                             AutoencoderKLQwenImage,
+                                                                             FlowMatchEulerDiscreteScheduler]:
+    """``load_artist`` without the DiT's weights: the transformer built from ``transformer/config.json`` with its
+    parameters on the meta device (a 20B DiT costs no memory), the VAE and scheduler loaded as usual."""
+    base = Path(path)
+    if not base.is_dir():
+        raise ValueError(f"artist directory {base} does not exist; pass a local Qwen-Image-Edit-2509 diffusers dir")
+    missing = _missing_files(base, transformer_weights=False)
+    if missing:
+        raise ValueError(f"artist directory {base} is incomplete, missing: {', '.join(missing)}")
+    config = QwenImageTransformer2DModel.load_config(base / "transformer")
+    transformer = build_empty(lambda: QwenImageTransformer2DModel.from_config(config)).eval()
+    vae = _load_component(AutoencoderKLQwenImage, base / "vae", weight_files(base / "vae", _WEIGHTS), dtype, device,
+                          "check that vae/config.json belongs to these weights")
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base / "scheduler", local_files_only=True)
+    return transformer, vae, scheduler
+
+
 def _missing_files(base: Path, *, transformer_weights: bool) -> list[str]:
     missing = []
     for sub in ("transformer", "vae"):

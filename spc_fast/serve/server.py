@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     models.add_argument(
         "--artist", metavar="DIR", help="Qwen-Image-Edit-2509 artist directory, or 'tiny'; needs --critic"
     )
+    models.add_argument(
+        "--engine",
+        metavar="DIR",
+        help="an exported DiT step (spc-fast export --out DIR) samples in place of the DiT, whose weights are not "
+        "loaded; the VAE (from --artist) and the critic stay PyTorch. Needs --artist",
+    )
     http = parser.add_argument_group("service")
     http.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0; 127.0.0.1: local only)")
     http.add_argument("--port", type=_positive(int), default=DEFAULT_PORT, help=f"(default {DEFAULT_PORT})")
@@ -96,7 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
-    """The preset, file and --set settings, then --critic/--artist (each a ``weights`` value)."""
+    """The preset, file and --set settings, then --critic/--artist (each a ``weights`` value) and --engine."""
     config = resolve(args.preset, file=args.config, overrides=args.set)
     if args.critic is not None:
         config = dataclasses.replace(config, critic=dataclasses.replace(config.critic, weights=args.critic))
@@ -106,6 +112,10 @@ def pipeline_config(args: argparse.Namespace) -> PipelineConfig:
                 "--artist needs --critic DIR: the artist is conditioned on the neural critic's hidden states"
             )
         config = dataclasses.replace(config, artist=dataclasses.replace(config.artist, weights=args.artist))
+    if args.engine is not None:
+        if config.artist.weights is None:
+            raise ValueError("--engine needs --artist DIR (or 'tiny'): the VAE and scheduler come from there")
+        config = dataclasses.replace(config, artist=dataclasses.replace(config.artist, engine=args.engine))
     return config
 
 
