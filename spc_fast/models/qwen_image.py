@@ -97,8 +97,12 @@ def tiny_artist_components(seed: int = 0) -> tuple[QwenImageTransformer2DModel, 
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(**TINY_DIT_CONFIG).eval()
     # the random init still runs, so the RNG state after this call is what callers drew from before
+    return transformer, *_tiny_vae_and_scheduler()
+
+
+def _tiny_vae_and_scheduler() -> tuple[AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler]:
     vae = make_block_mean_codec_(AutoencoderKLQwenImage(**TINY_VAE_CONFIG).eval())
-    return transformer, vae, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    return vae, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
 
 
 def tiny_components_without_dit() -> tuple[QwenImageTransformer2DModel, AutoencoderKLQwenImage,
@@ -106,8 +110,7 @@ def tiny_components_without_dit() -> tuple[QwenImageTransformer2DModel, Autoenco
     """``tiny_artist_components`` with the DiT's parameters on the meta device (no memory, no random draws): for an
     exported step that samples in its place, the DiT only describes the model (its config)."""
     transformer = build_empty(lambda: QwenImageTransformer2DModel(**TINY_DIT_CONFIG)).eval()
-    vae = make_block_mean_codec_(AutoencoderKLQwenImage(**TINY_VAE_CONFIG).eval())
-    return transformer, vae, FlowMatchEulerDiscreteScheduler(**SCHEDULER_CONFIG)
+    return transformer, *_tiny_vae_and_scheduler()
 
 
 def load_components_without_dit(path: str | Path, dtype: torch.dtype = torch.bfloat16, *,
@@ -116,18 +119,29 @@ def load_components_without_dit(path: str | Path, dtype: torch.dtype = torch.bfl
                                                                              FlowMatchEulerDiscreteScheduler]:
     """``load_artist`` without the DiT's weights: the transformer built from ``transformer/config.json`` with its
     parameters on the meta device (a 20B DiT costs no memory), the VAE and scheduler loaded as usual."""
-    base = Path(path)
-    if not base.is_dir():
-        raise ValueError(f"artist directory {base} does not exist; pass a local Qwen-Image-Edit-2509 diffusers dir")
+    base = _artist_directory(path)
     missing = _missing_files(base, transformer_weights=False)
     if missing:
         raise ValueError(f"artist directory {base} is incomplete, missing: {', '.join(missing)}")
     config = QwenImageTransformer2DModel.load_config(base / "transformer")
     transformer = build_empty(lambda: QwenImageTransformer2DModel.from_config(config)).eval()
+    vae, scheduler = _vae_and_scheduler(base, dtype, device)
+    return transformer, vae, scheduler
+
+
+def _artist_directory(path: str | Path) -> Path:
+    base = Path(path)
+    if not base.is_dir():
+        raise ValueError(f"artist directory {base} does not exist; pass a local Qwen-Image-Edit-2509 diffusers dir")
+    return base
+
+
+def _vae_and_scheduler(
+    base: Path, dtype: torch.dtype, device: torch.device | str
+) -> tuple[AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler]:
     vae = _load_component(AutoencoderKLQwenImage, base / "vae", weight_files(base / "vae", _WEIGHTS), dtype, device,
                           "check that vae/config.json belongs to these weights")
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base / "scheduler", local_files_only=True)
-    return transformer, vae, scheduler
+    return vae, FlowMatchEulerDiscreteScheduler.from_pretrained(base / "scheduler", local_files_only=True)
 
 
 def _missing_files(base: Path, *, transformer_weights: bool) -> list[str]:
@@ -197,9 +211,7 @@ def load_artist(path: str | Path, dtype: torch.dtype = torch.bfloat16, *, releas
     Each model is built without memory and each tensor is read once, so peak host memory is about one copy of the
     weights. Never downloads.
     """
-    base = Path(path)
-    if not base.is_dir():
-        raise ValueError(f"artist directory {base} does not exist; pass a local Qwen-Image-Edit-2509 diffusers dir")
+    base = _artist_directory(path)
     extra = Path(release) if release is not None else base
     if release is not None and not extra.is_dir():
         raise ValueError(f"release directory {extra} does not exist")
@@ -212,9 +224,7 @@ def load_artist(path: str | Path, dtype: torch.dtype = torch.bfloat16, *, releas
     transformer = _load_component(QwenImageTransformer2DModel, base / "transformer", dit_files, dtype, device,
                                   "check that it is the Qwen-Image-Edit DiT and that transformer/config.json is the "
                                   "release's")
-    vae = _load_component(AutoencoderKLQwenImage, base / "vae", weight_files(base / "vae", _WEIGHTS), dtype, device,
-                          "check that vae/config.json belongs to these weights")
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(base / "scheduler", local_files_only=True)
+    vae, scheduler = _vae_and_scheduler(base, dtype, device)
     if (extra / "dit_lora").is_dir():
         load_lora(transformer, extra / "dit_lora")
         transformer.to(dtype)
