@@ -20,10 +20,11 @@ import triton.language as tl
 from spc_fast.kernels.dispatch import interpreting, record_launch
 from spc_fast.kernels.tl_colour import store_rgb
 
-# 512 pixels over 4 warps: 4 pixels per thread, three [4]-float accumulators each; a 24 MP photo is ~47k programs,
+# One pixel per thread (256 over 8 warps): the unrolled 8-corner gather keeps its 96 loads in flight, and with two
+# pixels per thread sm_90 spills at 255 registers (tests/test_kernels_sm90.py). A 24 MP photo is ~94k programs,
 # hundreds per SM on any GPU, so the grid needs no sizing from the SM count.
-BLOCK_PIXELS = 512
-NUM_WARPS = 4
+BLOCK_PIXELS = 256
+NUM_WARPS = 8
 # The interpreter runs programs one after another with numpy per op: wide blocks, few programs.
 INTERPRET_BLOCK_PIXELS = 1 << 14
 
@@ -98,9 +99,9 @@ def _bilateral_slice_kernel(
     acc_g = tl.zeros([BLOCK, 4], tl.float32)
     acc_b = tl.zeros([BLOCK, 4], tl.float32)
     for corner in tl.static_range(8):
-        dz: tl.constexpr = corner // 4
-        dy: tl.constexpr = corner // 2 % 2
-        dx: tl.constexpr = corner % 2
+        dz = corner // 4
+        dy = corner // 2 % 2
+        dx = corner % 2
         weight = (_lerp_weight(fz, dz) * _lerp_weight(fy, dy) * _lerp_weight(fx, dx))[:, None]
         row = (lowest + dz * stride_z + dy * stride_y + dx * stride_x)[:, None] + j
         acc_r += weight * tl.load(row, mask=mask[:, None], other=0.0)

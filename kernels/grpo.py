@@ -195,29 +195,32 @@ def grpo_fused_linear(
     d_hidden = torch.empty_like(hidden) if grad_hidden else hidden.new_empty(0)
     d_weight = torch.zeros_like(weight) if grad_weight else weight.new_empty(0)
     write_grad = grad_hidden or grad_weight
-    for start in range(0, num_tokens, chunk_tokens):
-        end = min(num_tokens, start + chunk_tokens)
-        h = hidden[start:end]  # [C, H]
-        logits = h @ weight.T  # [C, V]; overwritten by ∂Loss/∂logits
-        pick = slice(start, end)
-        launch_rows(
-            logits,
-            logits if write_grad else None,
-            ids[pick],
-            advantages[pick],
-            weights[pick],
-            None if old_logp is None else old_logp[pick],
-            None if ref_logp is None else ref_logp[pick],
-            loss[pick],
-            logp[pick],
-            epsilon,
-            beta_kl,
-            temperature,
-        )
-        if grad_hidden:
-            torch.mm(logits, weight, out=d_hidden[pick])  # [C, V] @ [V, H]
-        if grad_weight:
-            d_weight.addmm_(logits.T, h)  # [V, C] @ [C, H], accumulated in the weight's dtype
+    # the entry casts the inputs to autocast's dtype; inside, every product stays in it
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, num_tokens, chunk_tokens):
+            end = min(num_tokens, start + chunk_tokens)
+            h = hidden[start:end]  # [C, H]
+            logits = h @ weight.T  # [C, V]; overwritten by ∂Loss/∂logits
+            pick = slice(start, end)
+            launch_rows(
+                logits,
+                logits if write_grad else None,
+                ids[pick],
+                advantages[pick],
+                weights[pick],
+                None if old_logp is None else old_logp[pick],
+                None if ref_logp is None else ref_logp[pick],
+                loss[pick],
+                logp[pick],
+                epsilon,
+                beta_kl,
+                temperature,
+            )
+            if grad_hidden:
+                torch.mm(logits, weight, out=d_hidden[pick])  # [C, V] @ [V, H]
+            if grad_weight:
+                d_weight.addmm_(logits.T, h)  # [V, C] @ [C, H], accumulated in the weight's dtype
+            del logits  # else the next chunk's logits are allocated while these still live: two chunks at the peak
     return loss, logp, d_hidden, d_weight
 
 

@@ -68,6 +68,16 @@ def _check_loss_options(epsilon: float, beta_kl: float, temperature: float) -> t
     return epsilon, float(beta_kl), check_number("temperature", temperature, 0.0)
 
 
+def _autocast_head(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden states and LM head in autocast's dtype when autocast is on, as autocast treats a linear layer: the
+    fused op computes in its inputs' dtype (float32 master weights under bf16 autocast give bf16 logits either way)."""
+    device = hidden_states.device.type
+    if not torch.is_autocast_enabled(device):
+        return hidden_states, lm_head_weight
+    dtype = torch.get_autocast_dtype(device)
+    return hidden_states.to(dtype), lm_head_weight.to(dtype)
+
+
 def _check_head(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, completion_ids: torch.Tensor):
     if hidden_states.dim() != 3 or hidden_states.dtype not in FLOAT_DTYPES:
         raise ValueError(
@@ -122,6 +132,7 @@ def grpo_loss(
         raise ValueError(f"chunk_tokens must be a positive int or None, got {chunk_tokens!r}")
 
     if use_triton(hidden_states, lm_head_weight, op="grpo_loss"):
+        hidden_states, lm_head_weight = _autocast_head(hidden_states, lm_head_weight)
         from spc_fast.kernels.grpo import FusedLinearGRPOFunction, default_chunk_tokens
 
         batch, length, hidden = hidden_states.shape
@@ -195,6 +206,7 @@ def token_logprobs(
     temperature = check_number("temperature", temperature, 0.0)
     batch, length, hidden = hidden_states.shape
     if use_triton(hidden_states, lm_head_weight, op="token_logprobs"):
+        hidden_states, lm_head_weight = _autocast_head(hidden_states, lm_head_weight)
         from spc_fast.kernels.grpo import default_chunk_tokens, grpo_fused_linear
 
         num_tokens, vocab = batch * length, lm_head_weight.shape[0]

@@ -16,7 +16,6 @@ import requests
 import torch
 from cli_runs import run_cli
 from PIL import Image
-from test_serve import _photo, _server
 
 from spc_fast import cli
 from spc_fast.config import PRESETS, ArtistConfig
@@ -177,6 +176,9 @@ def test_an_image_outside_the_exported_range_names_it(engine_dir):
 
 @pytest.mark.slow
 def test_serve_runs_the_engine(engine_dir, tmp_path):
+    pytest.importorskip("litserve", reason="spc-fast serve needs the [serve] extra: pip install 'spc-fast[serve]'")
+    from test_serve import _photo, _server
+
     flags = f"--preset tiny --critic tiny --artist tiny --engine {engine_dir} --timeout-s=120"
     with _server(tmp_path / "server.log", flags) as (url, _):
         files = {"image": ("photo.png", _photo("PNG"), "image/png")}

@@ -234,6 +234,24 @@ def test_torch_fallback_matches_kernel():
     assert_matches(kernel, truth(inputs, True), torch.float32, inputs["advantages"])
 
 
+
+def test_float32_master_weights_under_bf16_autocast():
+    """The training setup: float32 hidden states and LM head under bf16 autocast take bf16 products, as autocast's
+    linear would, and return float32 gradients; token_logprobs agrees with the loss's sampling log-probs."""
+    case = dict(batch=2, length=3, hidden=16, vocab=300, dtype=torch.float32, old=True, beta_kl=0.04,
+                epsilon=0.2, temperature=1.0, chunk_tokens=None, train_head=True, seed=18)
+    inputs = make_inputs(case)
+    with torch.autocast("cpu", torch.bfloat16):
+        loss, grads = ours(inputs, True, chunk_tokens=4)
+        logp = token_logprobs(inputs["hidden_states"], inputs["lm_head_weight"], inputs["completion_ids"])
+    assert [g.dtype for g in grads] == [torch.float32, torch.float32]
+    rounded = {**inputs, "hidden_states": inputs["hidden_states"].bfloat16(),
+               "lm_head_weight": inputs["lm_head_weight"].bfloat16()}
+    assert_matches((loss, [g.bfloat16() for g in grads]), truth(rounded, True), torch.bfloat16, inputs["advantages"])
+    want = token_logprobs_reference(rounded["hidden_states"].double() @ rounded["lm_head_weight"].double().T,
+                                    inputs["completion_ids"], 1.0)
+    torch.testing.assert_close(logp.double(), want, rtol=0, atol=2e-2)
+
 def test_group_advantages_use_the_sample_std():
     rewards = torch.tensor([1.0, 2.0, 4.0, 0.0, 0.0, 3.0])
     grouped = rewards.numpy().reshape(2, 3)

@@ -8,7 +8,7 @@ theirs in their own test files.
 import pytest
 from sm90_compile import compile_in_subprocess
 
-from spc_fast.kernels import photometric_stats, retouch_chain
+from spc_fast.kernels import bilateral_slice, photometric_stats, retouch_chain
 
 
 def photometric_spec(dtype: str, transform: bool, newton: bool) -> dict:
@@ -35,11 +35,23 @@ def retouch_spec(dtype: str, flat: bool, contrast: bool, saturation: bool) -> di
                 constexprs=constexprs, num_warps=retouch_chain.NUM_WARPS)
 
 
+def bilateral_slice_spec(dtype: str) -> dict:
+    signature = {"x_ptr": dtype, "y_ptr": dtype, "grid_ptr": "*fp32"}
+    signature.update({name: "i32" for name in ("height", "width", "num_pixels", "gz", "gy", "gx")})
+    signature.update({name: "i64" if name.endswith("b") else "i32"
+                      for name in ("sxb", "sxc", "sxh", "sxw", "syb", "syc", "syh", "syw")})
+    constexprs = {"IS_UINT8": dtype == "*u8", "IS_BFLOAT16": dtype == "*bf16", "BLOCK": bilateral_slice.BLOCK_PIXELS}
+    signature.update({name: "constexpr" for name in constexprs})
+    return dict(module="spc_fast.kernels.bilateral_slice", kernel="_bilateral_slice_kernel", signature=signature,
+                constexprs=constexprs, num_warps=bilateral_slice.NUM_WARPS)
+
+
 @pytest.mark.slow
 def test_image_kernels_compile_for_sm90_without_spills():
     specs = [photometric_spec(d, t, n) for d in ("*u8", "*bf16", "*fp32") for t in (False, True) for n in (True, False)]
     specs += [retouch_spec(d, f, True, True) for d in ("*u8", "*bf16", "*fp32") for f in (True, False)]
     specs += [retouch_spec("*u8", True, c, s) for c, s in ((False, True), (True, False), (False, False))]
+    specs += [bilateral_slice_spec(d) for d in ("*u8", "*bf16", "*fp32")]
     for spec, usage in zip(specs, compile_in_subprocess(specs), strict=True):
         assert usage["spill_bytes"] == 0, (spec["kernel"], spec["constexprs"], usage)
         assert usage["registers"] <= 255, usage

@@ -22,8 +22,10 @@ import requests
 from PIL import Image
 
 from spc_fast.pipeline import Pipeline
-from spc_fast.serve.api import EnhanceAPI
-from spc_fast.serve.edge import Edge
+
+pytest.importorskip("litserve", reason="spc-fast serve needs the [serve] extra: pip install 'spc-fast[serve]'")
+from spc_fast.serve.api import EnhanceAPI  # noqa: E402
+from spc_fast.serve.edge import Edge  # noqa: E402
 
 MAX_PIXELS = 100_000
 MAX_BYTES = 200_000
