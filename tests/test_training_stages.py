@@ -26,8 +26,9 @@ from launch import train_command
 
 from spc_fast import imagefiles, retouch
 from spc_fast.artist.sampler import pack_latents
+from spc_fast.config import read_prompts
 from spc_fast.kernels import dispatch
-from spc_fast.models import load_artist, load_critic
+from spc_fast.models import load_artist, load_critic, qwen_vl
 from spc_fast.models.qwen_image import tiny_artist_components
 from spc_fast.training.config import train_config
 from spc_fast.training.data.build import build
@@ -275,7 +276,10 @@ def trained(tmp_path_factory, data):
 def test_trained_critic_loads_back_as_it_was_trained(trained, records):
     root, stage, _, _ = trained
     final = root / "critic" / "final"
-    assert sorted(p.name for p in final.iterdir()) == ["vlm", "vlm_lora"]
+    assert sorted(p.name for p in final.iterdir()) == [qwen_vl.PROMPT_FILE, "vlm", "vlm_lora"]
+    config = stage.critic.config
+    assert read_prompts(final / qwen_vl.PROMPT_FILE) == {"system_prompt": config.system_prompt,
+                                                         "instruction": config.instruction}
     batch = stage.collate([stage.sample(r) for r in records[:2]])
     with torch.no_grad():
         trained_loss = stage.loss(stage.model, batch).loss.item()

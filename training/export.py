@@ -105,12 +105,15 @@ def export_critic(
     lora: bool,
     base: Path | Callable[[], torch.nn.Module],
     dtype: torch.dtype,
+    prompt: tuple[str, str],
 ) -> None:
     """Write a critic directory. ``vlm``: the live model (a ``PeftModel`` when ``lora``), for its config and names;
     ``state_dict``: the trainable module's (keys under ``vlm.``); ``base``: a release directory whose ``vlm/`` is
-    linked, or a function that builds the base model (CPU) to write to ``vlm/``; ``dtype``: of written weights."""
+    linked, or a function that builds the base model (CPU) to write to ``vlm/``; ``dtype``: of written weights;
+    ``prompt``: the system line and instruction it was trained with (recorded in ``qwen_vl.PROMPT_FILE``)."""
     state = module_state(state_dict, "vlm.")
     directory.mkdir(parents=True, exist_ok=True)
+    qwen_vl.write_prompt(directory, *prompt)
     if lora:
         # PeftModel.save_pretrained takes its weights from the given state dict: the live (maybe sharded) ones unused
         _fresh(directory / qwen_vl.VLM_LORA_DIR)

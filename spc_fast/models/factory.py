@@ -18,7 +18,7 @@ import torch
 
 from spc_fast.artist.lora import merge_lora
 from spc_fast.artist.model import PhotoArtist
-from spc_fast.config import PRESETS, TINY, ArtistConfig, CriticConfig
+from spc_fast.config import PRESETS, TINY, ArtistConfig, CriticConfig, read_prompts
 from spc_fast.critic.format import render
 from spc_fast.critic.model import ImageCritic
 from spc_fast.critic.prompts import ANALYSIS_PROMPT, SYSTEM_PROMPT
@@ -84,6 +84,21 @@ def artist_from(transformer, vae, scheduler, config: ArtistConfig = DEFAULT_ARTI
     return PhotoArtist(transformer, vae, scheduler, config, compile_mode=_compile_mode(transformer.device))
 
 
+def _check_prompt(config: CriticConfig, directory: Path) -> None:
+    """Say once when the critic runs with other instruction texts than it was trained with: those a spc-fast
+    export records in ``qwen_vl.PROMPT_FILE``, else (the release's checkpoint) the release's own wording."""
+    record = directory / qwen_vl.PROMPT_FILE
+    running = {"system_prompt": config.system_prompt, "instruction": config.instruction}
+    if record.is_file():
+        if read_prompts(record) != running:
+            say_once(logger, f"the critic was trained with the instruction texts in {record} and runs with others "
+                     f"now; pass --critic-prompt {record} to run it as it was trained")
+    elif (config.system_prompt, config.instruction) == (SYSTEM_PROMPT, ANALYSIS_PROMPT):
+        say_once(logger, "the critic's checkpoint was trained with the release's own system line and analysis "
+                 "instruction, and it runs with spc-fast's wording now; pass the release's text with "
+                 "--critic-prompt FILE (TOML or JSON with 'system' and 'instruction', see the README)")
+
+
 def _critic(config: CriticConfig, seed: int) -> ImageCritic:
     weights = _weights(config, "critic")
     device = resolve_device(config.device)
@@ -92,10 +107,7 @@ def _critic(config: CriticConfig, seed: int) -> ImageCritic:
         model, processor = qwen_vl.build_tiny_critic(seed, corpus=tiny_critic_corpus())
         model = _placed(model, device, dtype)
     else:
-        if (config.system_prompt, config.instruction) == (SYSTEM_PROMPT, ANALYSIS_PROMPT):
-            say_once(logger, "the critic's checkpoint was trained with the release's own system line and analysis "
-                     "instruction, and it runs with spc-fast's wording now; pass the release's text with "
-                     "--critic-prompt FILE (TOML or JSON with 'system' and 'instruction', see the README)")
+        _check_prompt(config, Path(weights))
         model, processor = qwen_vl.load_critic(weights, dtype=dtype, device=device)
     return critic_from(model, processor, config)
 

@@ -7,6 +7,7 @@ its processor files) and optionally ``vlm_lora/`` (a peft adapter, merged on loa
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,6 +63,8 @@ CHAT_TEMPLATE = (
 
 VLM_DIR = "vlm"
 VLM_LORA_DIR = "vlm_lora"
+# the system line and instruction a critic trained by spc-fast learnt with, in the --critic-prompt JSON format
+PROMPT_FILE = "critic_prompt.json"
 _MODEL_FILES = ("config.json",)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PROCESSOR_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -249,6 +252,12 @@ def save_critic(model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VL
         model.save_pretrained(root / VLM_DIR)
     processor.save_pretrained(root / VLM_DIR)
     return root
+
+
+def write_prompt(path: str | Path, system_prompt: str, instruction: str) -> None:
+    """Record in a critic directory the instruction texts it was trained with (``PROMPT_FILE``)."""
+    text = json.dumps({"system": system_prompt, "instruction": instruction}, ensure_ascii=False, indent=1)
+    (Path(os.fspath(path)) / PROMPT_FILE).write_text(text + "\n", encoding="utf-8")
 
 
 def missing_files(path: str | Path) -> list[str]:

@@ -240,4 +240,5 @@ class CriticSFT:
             lora=self.config.lora,
             base=Path(weights) if plain else base,
             dtype=dtype,
+            prompt=(config.system_prompt, config.instruction),
         )
