@@ -83,8 +83,13 @@ class Pipeline:
         if config.critic.weights is not None or config.artist.weights is not None:
             from spc_fast.models import factory
 
+            # an engine's artist loads in seconds (VAE and manifest, no DiT): its mismatches are reported before the
+            # critic's minutes of loading; without one the critic, the smaller model, loads first
+            engine_first = config.artist.engine is not None
+            if engine_first:
+                artist = DiffusionArtist(factory.build_artist(config.artist))
             critic = factory.build_critic(config.critic)
-            if config.artist.weights is not None:
+            if config.artist.weights is not None and not engine_first:
                 artist = DiffusionArtist(factory.build_artist(config.artist))
         return cls(critic, artist, rescore=config.rescore)
 

@@ -141,6 +141,13 @@ def test_mismatches_name_both_values_and_the_fix(engine_dir):
         build_artist(_with_engine(engine_dir, pixels=256 * 256))
 
 
+def test_the_pipeline_checks_the_engine_before_loading_the_critic(engine_dir, tmp_path):
+    critic = dataclasses.replace(TINY.critic, weights=str(tmp_path / "no-critic-here"))
+    config = dataclasses.replace(TINY, critic=critic, artist=_with_engine(engine_dir, dtype="bfloat16"))
+    with pytest.raises(ValueError, match="dtype float32 in the engine, bfloat16 here"):
+        Pipeline.from_config(config)
+
+
 @pytest.mark.slow
 def test_edited_manifests_are_refused(engine_dir, tmp_path):
     manifest = json.loads((engine_dir / "manifest.json").read_text())
