@@ -16,9 +16,11 @@ def export_aoti(program: torch.export.ExportedProgram, directory: Path) -> str:
     return ARTIFACT
 
 
-def load_aoti(path: Path):
-    """A callable over the step's five inputs returning the velocity tensor."""
-    runner = torch._inductor.aoti_load_package(str(path))
+def load_aoti(path: Path, device: str = "cpu"):
+    """A callable over the step's five inputs returning the velocity tensor, on ``device`` (a CUDA package runs on
+    the GPU that ``cuda:N`` names, the current one for plain ``cuda``)."""
+    index = torch.device(device).index
+    runner = torch._inductor.aoti_load_package(str(path), device_index=-1 if index is None else index)
 
     def run(*args: torch.Tensor) -> torch.Tensor:
         out = runner(*args)

@@ -47,7 +47,7 @@ def _loader(format_name: str):
     if format_name == "aoti":
         from spc_fast.export.aoti import load_aoti
 
-        return lambda path, device: load_aoti(path)
+        return load_aoti
     if format_name == "onnx":
         from spc_fast.export.onnx_format import load_onnx
 
@@ -55,7 +55,7 @@ def _loader(format_name: str):
     if format_name == "tensorrt":
         from spc_fast.export.tensorrt import load_tensorrt
 
-        return lambda path, device: load_tensorrt(path)
+        return load_tensorrt
     raise ValueError(f"unknown export format {format_name!r} in the manifest; expected one of {', '.join(FORMATS)}")
 
 

@@ -8,6 +8,7 @@ profiles is the same code as the other formats and is tested on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -115,10 +116,13 @@ def quantize_fp8(step: torch.nn.Module, calibration: list[tuple[torch.Tensor, ..
     return export_torch_mode()
 
 
-def load_tensorrt(path: Path):
-    """A callable over the step's five inputs returning the velocity (needs torch_tensorrt's runtime)."""
+def load_tensorrt(path: Path, device: str = "cuda"):
+    """A callable over the step's five inputs returning the velocity (needs torch_tensorrt's runtime); its engines
+    are deserialised on the GPU that ``device`` names (``cuda:N``; plain ``cuda``: the current one)."""
     require_torch_tensorrt()
-    module = torch.export.load(str(path)).module()
+    index = torch.device(device).index
+    with torch.cuda.device(index) if index is not None else contextlib.nullcontext():
+        module = torch.export.load(str(path)).module()
 
     def run(*args: torch.Tensor) -> torch.Tensor:
         out = module(*args)
