@@ -148,12 +148,12 @@ def attributes(images: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
     """
     batch, unbatched = check_batch(images, check_values=validate)
     if dispatch.use_triton(batch, op="photometric_stats"):  # the kernel module imports triton: reached only then
+        from spc_fast.kernels.photometric_finalize import photometric_finalize
         from spc_fast.kernels.photometric_stats import photometric_stats
 
-        partials = photometric_stats(batch)
+        out = photometric_finalize(photometric_stats(batch), float(NEUTRAL_WHITE_CCT))
     else:
-        partials = block_stats_torch(batch)
-    out = finalize(partials)
+        out = finalize(block_stats_torch(batch))
     return out[0] if unbatched else out
 
 

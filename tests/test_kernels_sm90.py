@@ -8,7 +8,8 @@ theirs in their own test files.
 import pytest
 from sm90_compile import compile_in_subprocess
 
-from spc_fast.kernels import bilateral_slice, photometric_stats, retouch_chain
+from spc_fast import colour, photometric
+from spc_fast.kernels import bilateral_slice, photometric_finalize, photometric_stats, retouch_chain
 
 
 def photometric_spec(dtype: str, transform: bool, newton: bool) -> dict:
@@ -46,12 +47,24 @@ def bilateral_slice_spec(dtype: str) -> dict:
                 constexprs=constexprs, num_warps=bilateral_slice.NUM_WARPS)
 
 
+def photometric_finalize_spec() -> dict:
+    c3, c2, c1, c0 = colour.MCCAMY_COEFFS
+    constexprs = {"STATS": 7, "BLOCK": photometric_finalize.BLOCK_ROWS, "XE": colour.MCCAMY_XE,
+                  "YE": colour.MCCAMY_YE, "C3": c3, "C2": c2, "C1": c1, "C0": c0, "CCT_MIN": colour.CCT_MIN,
+                  "CCT_MAX": colour.CCT_MAX, "NEUTRAL_CCT": float(photometric.NEUTRAL_WHITE_CCT)}
+    signature = {"partials_ptr": "*fp32", "out_ptr": "*fp32", "num_rows": "i32"}
+    signature.update({name: "constexpr" for name in constexprs})
+    return dict(module="spc_fast.kernels.photometric_finalize", kernel="_finalize_kernel", signature=signature,
+                constexprs=constexprs, num_warps=photometric_finalize.NUM_WARPS)
+
+
 @pytest.mark.slow
 def test_image_kernels_compile_for_sm90_without_spills():
     specs = [photometric_spec(d, t, n) for d in ("*u8", "*bf16", "*fp32") for t in (False, True) for n in (True, False)]
     specs += [retouch_spec(d, f, True, True) for d in ("*u8", "*bf16", "*fp32") for f in (True, False)]
     specs += [retouch_spec("*u8", True, c, s) for c, s in ((False, True), (True, False), (False, False))]
     specs += [bilateral_slice_spec(d) for d in ("*u8", "*bf16", "*fp32")]
+    specs.append(photometric_finalize_spec())
     for spec, usage in zip(specs, compile_in_subprocess(specs), strict=True):
         assert usage["spill_bytes"] == 0, (spec["kernel"], spec["constexprs"], usage)
         assert usage["registers"] <= 255, usage
