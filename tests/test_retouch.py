@@ -113,7 +113,7 @@ def test_unbatched_and_tiled():
     params = dict(exposure=0.3, contrast=1.2, saturation=1.1, temperature=15.0)
     whole = torch_apply(image, **params)
     assert torch.equal(torch_apply(image[0], **params), whole[0])
-    b = retouch._chain_parameters(image, **params)[0]
+    b = retouch.chain_parameters(image, **params)[0]
     tiled = retouch.retouch_torch(image, **b, tile_pixels=97)  # ragged last tile
     torch.testing.assert_close(tiled, whole, atol=2e-5, rtol=0)  # only summation order differs
 

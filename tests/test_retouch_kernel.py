@@ -31,7 +31,7 @@ pytestmark = pytest.mark.interpreter
 
 def kernel_arguments(images: torch.Tensor, params: dict[str, np.ndarray], mu_l: np.ndarray | None = None):
     """The custom op's arguments for per-image params, with the contrast pivot from the float64 reference."""
-    tensors, neutral = retouch._chain_parameters(images, **as_arguments(params, per_image=True))
+    tensors, neutral = retouch.chain_parameters(images, **as_arguments(params, per_image=True))
     if mu_l is None:
         mu_l = mean_lightness_after_linear_steps(images.cpu(), params)
     f32 = {k: v.float() for k, v in tensors.items()}
@@ -164,7 +164,7 @@ def test_kernel_mean_lightness_matches_reference():
         "saturation": np.ones(3),
         "temperature": np.array([-80.0, 0.0, 200.0]),
     }
-    tensors, _ = retouch._chain_parameters(images, **as_arguments(params, per_image=True))
+    tensors, _ = retouch.chain_parameters(images, **as_arguments(params, per_image=True))
     stats = photometric_stats(images, linear_matrix=tensors["matrix"].float(), upper=tensors["upper"].float())
     mu = photometric.mean_lightness(stats)
     np.testing.assert_allclose(

@@ -120,6 +120,6 @@ def test_zero_shift_leaves_pixels_exactly_unchanged():
     assert torch.equal(linear, retouch.colour_torch.srgb_to_linear(photo.flatten(2)))
     # and uint8 images through the step (decode, zero shift as a trusted tensor, encode) come back unchanged
     images = random_images(2, 11, 5, torch.uint8, 6)
-    params, _ = retouch._chain_parameters(images, 0.0, 1.0, 1.0, torch.zeros(2), validate=False)
+    params, _ = retouch.chain_parameters(images, 0.0, 1.0, 1.0, torch.zeros(2), validate=False)
     out = retouch.retouch_torch(images, **params, apply_contrast=False, apply_saturation=False)
     assert torch.equal(out, images)
