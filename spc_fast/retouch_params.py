@@ -84,10 +84,10 @@ def temperature_matrices(delta_mired: torch.Tensor) -> torch.Tensor:
 
 def _per_image(
     name: str, value: Param, batch: torch.Tensor, validate: bool, device: torch.device
-) -> tuple[torch.Tensor, bool]:
-    # A scalar or (B,) parameter -> float64 (B,) on ``device``, and whether it is neutral for every image.
-    # Numbers are checked on the host (free). A tensor is checked through one host copy when ``validate``, else
-    # trusted: it never leaves its device, and its step runs (whether it is neutral is not looked at).
+) -> tuple[torch.Tensor | float, bool]:
+    # A number (checked, returned as a float) or a (B,) tensor (-> float64 (B,) on ``device``), and whether it is
+    # neutral for every image. A tensor is checked through one host copy when ``validate``, else trusted: it never
+    # leaves its device, and its step runs (whether it is neutral is not looked at).
     n = batch.shape[0]
     if isinstance(value, torch.Tensor):
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != n):
@@ -104,8 +104,7 @@ def _per_image(
         return values, bool((host == NEUTRAL[name]).all())
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         check_parameter(name, float(value))
-        values = torch.full((n,), float(value), dtype=torch.float64, device=device)
-        return values, float(value) == NEUTRAL[name]
+        return float(value), float(value) == NEUTRAL[name]
     raise ValueError(f"{name} must be a Python number or a ({n},) tensor, got {type(value).__name__}")
 
 
@@ -119,8 +118,8 @@ def chain_parameters(
     dtype: torch.dtype = torch.float64,
 ) -> tuple[dict[str, torch.Tensor], dict[str, bool]]:
     # Per-image tensors (worked out in float64, given in ``dtype``) on the images' device: matrix [B, 3, 3] =
-    # 2^ev * temperature matrix,
-    # upper [B] = min(2^ev, 1), contrast [B], saturation [B]; and which steps are neutral for the whole batch.
+    # 2^ev * temperature matrix, upper [B] = min(2^ev, 1), contrast [B], saturation [B]; and which steps are
+    # neutral for the whole batch.
     # Parameters given as numbers or CPU tensors are worked out on the host and moved in one copy: on a GPU the
     # ~60 tiny ops of this would otherwise be as many launches, most of a 12 MP retouch's time.
     params = (exposure, contrast, saturation, temperature)
@@ -132,11 +131,15 @@ def chain_parameters(
     saturation_values, neutral_saturation = _per_image("saturation", saturation, batch, validate, device)
     n = batch.shape[0]
     if not any(isinstance(v, torch.Tensor) for v in params):  # one set for the batch: numpy, microseconds
-        gain = 2.0 ** float(exposure)
-        row = np.concatenate([gain * colour.temperature_matrix(float(temperature)).ravel(),
-                              [min(gain, 1.0), float(contrast), float(saturation)]])
+        gain = 2.0**ev
+        row = np.concatenate([gain * colour.temperature_matrix(deltas).ravel(),
+                              [min(gain, 1.0), contrast_values, saturation_values]])
         packed = torch.from_numpy(row)[None].expand(n, -1)
     else:
+        ev, deltas, contrast_values, saturation_values = (
+            v if isinstance(v, torch.Tensor) else torch.full((n,), v, dtype=torch.float64, device=device)
+            for v in (ev, deltas, contrast_values, saturation_values)
+        )
         gain = torch.exp2(ev)
         packed = torch.cat(
             [(gain[:, None, None] * temperature_matrices(deltas)).reshape(n, 9),
