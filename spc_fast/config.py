@@ -97,6 +97,7 @@ class ArtistConfig:
     release: str | None = None
     steps: int = 20
     guidance: float = 1.0
+    strength: float = 1.0  # 1: from pure noise (the release); s < 1: from the photo noised to time s (SDEdit)
     pixels: int = RELEASE_PIXELS  # generated at about this many pixels, sides multiples of 16
     seed: int = 0  # each image's noise comes from this and the image's pixels
     attention: str = "auto"
@@ -128,6 +129,10 @@ class ArtistConfig:
             )
         # the release scheduler's terminal stretch needs two sigmas
         _check(self.steps >= 2, f"artist.steps must be at least 2, got {self.steps}")
+        _check(
+            0 < self.strength <= 1,
+            f"artist.strength must be in (0, 1] (1 samples from pure noise, as the release), got {self.strength}",
+        )
         _check(
             self.guidance == 1.0,
             f"artist.guidance must be 1.0 (the release's), got {self.guidance}: classifier-free guidance needs a "

@@ -1,6 +1,7 @@
 """The pipeline and ``spc-fast enhance --engine`` sampling through an exported DiT step: the same images as the eager
 tiny artist, the DiT never loaded (its parameters on the meta device), and clear errors when an engine does not fit
-the artist or an image falls outside the exported range. One ONNX export is shared by the module's slow tests."""
+the artist or an image falls outside the exported range. The ONNX export is the session's (tests/conftest.py), which
+test_export_formats checks too."""
 
 import dataclasses
 import io
@@ -19,23 +20,19 @@ from PIL import Image
 
 from spc_fast import cli
 from spc_fast.config import PRESETS, ArtistConfig
-from spc_fast.export.cli import main as export_main
 from spc_fast.models import build_artist
 from spc_fast.pipeline import Pipeline
 from spc_fast.serve import server
 
-MAX_PIXELS = 192 * 192
-LIMITS = ["--max-pixels", str(MAX_PIXELS), "--max-batch", "3", "--max-hc-tokens", "512"]
+MAX_PIXELS = 192 * 192  # the session export's (conftest.TINY_EXPORT_LIMITS)
 TINY = PRESETS["tiny"]
 # what the command line needs to match the tiny preset: short critic answers (H_c within 512), few steps, small images
 CLI_TINY = ["--critic", "tiny", "--artist", "tiny", "--max-new-tokens", "32", "--steps", "2", "--pixels", "4096"]
 
 
-@pytest.fixture(scope="module")
-def engine_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("onnx")
-    assert export_main(["--artist", "tiny", "--format", "onnx", "--out", str(out), *LIMITS]) == 0
-    return out
+@pytest.fixture
+def engine_dir(tiny_onnx_export: Path) -> Path:
+    return tiny_onnx_export
 
 
 def _with_engine(engine: Path | str, **changes) -> ArtistConfig:

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,29 +17,13 @@ from spc_fast.export.step import ArtistStep, step_inputs
 from spc_fast.models import tiny_artist
 
 pytestmark = pytest.mark.slow
-LIMITS = ["--max-pixels", str(192 * 192), "--max-batch", "3", "--max-hc-tokens", "48"]
 ARTIFACTS = {"aoti": "artist_step.pt2", "onnx": "artist_step.onnx"}
 
 
-def _export(tmp_path_factory, format_name: str):
-    out = tmp_path_factory.mktemp(format_name)
-    assert main(["--artist", "tiny", "--format", format_name, "--out", str(out), *LIMITS]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def aoti_dir(tmp_path_factory):
-    return _export(tmp_path_factory, "aoti")
-
-
-@pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory):
-    return _export(tmp_path_factory, "onnx")
-
-
 @pytest.fixture(params=["aoti", "onnx"])
-def exported(request):
-    return request.param, request.getfixturevalue(f"{request.param}_dir")
+def exported(request, tiny_aoti_export: Path, tiny_onnx_export: Path) -> tuple[str, Path]:
+    """(format, directory) of the session's exports (tests/conftest.py, ``TINY_EXPORT_LIMITS``)."""
+    return request.param, {"aoti": tiny_aoti_export, "onnx": tiny_onnx_export}[request.param]
 
 
 def test_manifest_describes_the_export(exported):
@@ -48,13 +33,13 @@ def test_manifest_describes_the_export(exported):
     assert (directory / manifest["artifact"]).is_file()
     assert manifest["precision"] == "fp32" and manifest["device"] == "cpu"
     assert [entry["name"] for entry in manifest["inputs"]] == ["noise", "source", "t", "h_c", "h_c_mask"]
-    assert manifest["ranges"]["batch"] == [1, 3] and manifest["ranges"]["hc_len"] == [2, 48]
+    assert manifest["ranges"]["batch"] == [1, 3] and manifest["ranges"]["hc_len"] == [2, 512]
     assert manifest["ranges"]["pixels"] == [64 * 64, 192 * 192]
     parity = manifest["parity"]
     assert parity["passed"] is True and parity["max_rel"] <= parity["threshold"] == 1e-4
     assert len(parity["cases"]) == 4 and parity["max_abs"] == max(case["max_abs"] for case in parity["cases"])
     assert {tuple(case["noise"]) for case in parity["cases"]} == {(6, 6), (4, 8)}  # two aspect ratios
-    assert {case["hc_len"] for case in parity["cases"]} == {8, 48}  # two H_c lengths
+    assert {case["hc_len"] for case in parity["cases"]} == {8, 512}  # two H_c lengths
     assert len(manifest["source"]["sha256"]) == 64 and manifest["source"]["weights"] == "tiny"
     assert manifest["model"]["config"]["num_layers"] == 2
     runtime = {"aoti": "torch", "onnx": "onnxruntime"}[format_name]
@@ -117,8 +102,8 @@ def test_fresh_process_reloads_without_model_code(exported, tmp_path):
 def test_out_of_range_names_the_exported_range(exported):
     engine = load_engine(exported[1])
     generator = torch.Generator().manual_seed(0)
-    too_long = step_inputs(1, (4, 4), (4, 4), 49, 64, dtype=torch.float32, device="cpu", generator=generator)
-    with pytest.raises(ValueError, match=r"hc_len=49 outside \[2, 48\].*exported: batch 1..3"):
+    too_long = step_inputs(1, (4, 4), (4, 4), 513, 64, dtype=torch.float32, device="cpu", generator=generator)
+    with pytest.raises(ValueError, match=r"hc_len=513 outside \[2, 512\].*exported: batch 1..3"):
         engine(*too_long)
     too_big = step_inputs(4, (4, 4), (4, 4), 8, 64, dtype=torch.float32, device="cpu", generator=generator)
     with pytest.raises(ValueError, match=r"batch=4 outside \[1, 3\]"):
@@ -143,9 +128,9 @@ def test_artist_samples_through_the_engine(exported):
     torch.testing.assert_close(unmasked, expected[:1], rtol=1e-4, atol=1e-4)
 
 
-def test_failed_parity_exits_1_and_says_so(onnx_dir, tmp_path, capsys):
+def test_failed_parity_exits_1_and_says_so(tiny_onnx_export, tmp_path, capsys):
     copy = tmp_path / "copy"
-    shutil.copytree(onnx_dir, copy)
+    shutil.copytree(tiny_onnx_export, copy)
     assert main(["--verify", str(copy), "--parity-threshold", "0"]) == 1
     assert "passed: false" in capsys.readouterr().out
     parity = json.loads((copy / "manifest.json").read_text())["parity"]

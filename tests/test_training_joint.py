@@ -244,7 +244,9 @@ def test_the_artist_update_is_nft_times_a_max_plus_kl_on_the_same_draws(stage, t
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5])
     totals = artist_update(stage.velocity, stage.artist, edits, adv, torch.ones(4, dtype=torch.bool), 0.25, rl, 0, 3)
     h, w = edits.img_shapes[0][0][1:]
-    draws = draw_flow(0, 3, edits.ids, tuple(edits.x0.shape[1:]), h * w, stage.artist.scheduler)
+    draws = draw_flow(
+        0, 3, edits.ids, tuple(edits.x0.shape[1:]), h * w, stage.artist.scheduler, stage.artist.config.strength
+    )
     x_t = noisy_latents(edits.x0, draws.noise, draws.t)
     args = (x_t, edits.source, draws.t, edits.h_c, edits.mask.bool(), edits.img_shapes)
     with torch.no_grad():

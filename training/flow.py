@@ -64,15 +64,17 @@ def draw_flow(
     token_shape: tuple[int, int],
     image_seq_len: int,
     scheduler: FlowMatchEulerDiscreteScheduler,
+    strength: float = 1.0,
 ) -> FlowDraws:
-    """Per sample, from its own ``sample_generator``: u ~ U(0, 1) (then shifted), and ε ~ N(0, I) of
-    ``token_shape`` = (S, C) packed latent tokens. Drawn on the CPU so every device gives the same numbers."""
+    """Per sample, from its own ``sample_generator``: u ~ U(0, ``strength``) (then shifted: the times a sampler of
+    that strength visits), and ε ~ N(0, I) of ``token_shape`` = (S, C) packed latent tokens. Drawn on the CPU so
+    every device gives the same numbers."""
     if not sample_ids:
         raise ValueError("draw_flow needs at least one sample id")
     us, noises = [], []
     for sample_id in sample_ids:
         generator = sample_generator(seed, step, sample_id)
-        us.append(torch.rand((), generator=generator, dtype=torch.float64))
+        us.append(torch.rand((), generator=generator, dtype=torch.float64) * strength)
         noises.append(torch.randn(token_shape, generator=generator, dtype=torch.float32))
     t = shifted_timesteps(torch.stack(us), image_seq_len, scheduler).float()
     return FlowDraws(t, torch.stack(noises))

@@ -154,7 +154,8 @@ def artist_update(
     seed: int,
     step: int,
 ) -> dict[str, float]:
-    """Backward of DiffusionNFT over the kept edits (SPEC.md §7–8): per edit a timestep and fresh noise,
+    """Backward of DiffusionNFT over the kept edits (SPEC.md §7–8): per edit a timestep (in the rollouts' range,
+    ``artist.strength``) and fresh noise,
     x_t = (1 − t) x0 + t ε, v_old from the old adapter and v_ref with the adapters disabled (no grad), v_θ from the
     trained one; loss = A_max · policy + λ KL, summed with weight ``scale`` as ``critic_update``."""
     transformer, inner = artist.transformer, distributed.unwrapped(model)
@@ -162,9 +163,9 @@ def artist_update(
     totals = {"loss": 0.0, "kl": 0.0}
     for part, real, last in update_chunks(kept, rl.update_batch):
         x0 = edits.x0[part].float()
-        draws = draw_flow(
-            seed, step, [edits.ids[i] for i in part.tolist()], tuple(x0.shape[1:]), h * w, artist.scheduler
-        ).to(x0.device)
+        ids = [edits.ids[i] for i in part.tolist()]
+        draws = draw_flow(seed, step, ids, tuple(x0.shape[1:]), h * w, artist.scheduler, artist.config.strength)
+        draws = draws.to(x0.device)
         x_t = noisy_latents(x0, draws.noise, draws.t)
         shapes = [edits.img_shapes[i] for i in part.tolist()]
         args = (x_t, edits.source[part], draws.t, edits.h_c[part].float(), edits.mask[part].bool(), shapes)

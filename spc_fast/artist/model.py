@@ -17,7 +17,15 @@ from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Q
 from spc_fast.adapters import adapter_active, adapters_disabled
 from spc_fast.artist.mlp import use_release_mlp
 from spc_fast.artist.rope import use_real_rope
-from spc_fast.artist.sampler import Trajectory, denoise, pack_latents, predict_velocity, schedule, unpack_latents
+from spc_fast.artist.sampler import (
+    Trajectory,
+    denoise,
+    pack_latents,
+    predict_velocity,
+    schedule,
+    start_latents,
+    unpack_latents,
+)
 from spc_fast.attention import notice, refuse, set_dit_attention
 from spc_fast.config import ArtistConfig
 from spc_fast.export.runtime import Engine, EngineDenoiser
@@ -184,6 +192,7 @@ class PhotoArtist:
         generator: Generators = None,
         target_pixels: int | None = None,
         size: tuple[int, int] | None = None,
+        strength: float | None = None,
         return_trajectory: bool = False,
     ) -> EditResult:
         """Edit a batch of same-size images conditioned on H_c [B, L, D] (right-padded, mask [B, L]).
@@ -198,6 +207,7 @@ class PhotoArtist:
         num_steps = config.steps if num_steps is None else num_steps
         guidance = config.guidance if guidance is None else guidance
         target_pixels = config.pixels if target_pixels is None else target_pixels
+        strength = config.strength if strength is None else strength
         images, _ = check_batch(images)
         b = images.shape[0]
         h_c, mask = self._conditioning(h_c, h_c_mask, b)
@@ -210,12 +220,15 @@ class PhotoArtist:
             raise ValueError(f"size {(h, w)} must have sides that are multiples of {MULTIPLE}")
         h2, w2 = auto_resize_size(h, w, target_pixels)
         device, dtype = self.device, self.dtype
-        sigmas, timesteps = schedule(self.scheduler, num_steps, (h // MULTIPLE) * (w // MULTIPLE), device)
+        sigmas, timesteps = schedule(self.scheduler, num_steps, (h // MULTIPLE) * (w // MULTIPLE), device, strength)
         pixels = release_resize(images, (h, w), (h2, w2)).to(device)
         source = pack_latents(self.encode(pixels).to(dtype))  # [B, S', 64]: the edit image's tokens
         lh, lw = h // 8, w // 8
         zc = self.vae.config.z_dim
         noise = pack_latents(self._noise((b, 1, zc, lh, lw), generator, device, dtype).reshape(b, zc, lh, lw))
+        if strength < 1.0:
+            clean = pack_latents(self.encode(release_resize(images, (h, w), (h, w)).to(device)).to(dtype))
+            noise = start_latents(clean, noise, sigmas[0])
         img_shapes = [[(1, h // MULTIPLE, w // MULTIPLE), (1, h2 // MULTIPLE, w2 // MULTIPLE)]] * b
         latents, trajectory = denoise(
             self.denoiser,
@@ -244,9 +257,10 @@ class PhotoArtist:
         adapter: str | None = None,
     ) -> EditResult:
         """An RL rollout (SPEC.md §8): ``edit`` with the deterministic Euler sampler and no CFG, at the config's
-        pixels (or ``size``), returning the edited images and the ``Trajectory`` every step of which ``velocity``
-        can replay. ``adapter`` as in ``velocity`` (DiffusionNFT samples with the old policy's adapter); switching
-        adapters changes the modules a compiled DiT guards on, so a compiled sampler recompiles once per adapter."""
+        pixels (or ``size``) and strength, returning the edited images and the ``Trajectory`` every step of which
+        ``velocity`` can replay. ``adapter`` as in ``velocity`` (DiffusionNFT samples with the old policy's
+        adapter); switching adapters changes the modules a compiled DiT guards on, so a compiled sampler recompiles
+        once per adapter."""
         with self._adapter_switch(adapter):
             return self.edit(
                 images, h_c, h_c_mask, num_steps=num_steps, guidance=1.0, generator=generator, size=size,

@@ -8,7 +8,9 @@ prediction is kept. Flow matching: x_t = (1 - t) x0 + t eps, v = eps - x0, so an
 x <- x + (sigma_next - sigma) v and the clean estimate is x0 = x_t - sigma v.
 
 `schedule` with the release's scheduler config is DiffSynth's Qwen-Image schedule (tests/test_release_fidelity.py); it
-needs at least two steps: with one, the terminal stretch divides 0 by 0 (DiffSynth's formula included).
+needs at least two steps: with one, the terminal stretch divides 0 by 0 (DiffSynth's formula included). With
+``strength`` s < 1 the steps cover unshifted time [s, 0] instead of [1, 0] (SDEdit): sampling starts from the photo's
+own latent noised to the first sigma, ``start_latents``, not from pure noise.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "pack_latents",
     "predict_velocity",
     "schedule",
+    "start_latents",
     "unpack_latents",
 ]
 
@@ -56,25 +59,37 @@ def dynamic_shift(image_seq_len: int, scheduler: FlowMatchEulerDiscreteScheduler
 
 
 def schedule(
-    scheduler: FlowMatchEulerDiscreteScheduler, num_steps: int, image_seq_len: int, device: torch.device
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    num_steps: int,
+    image_seq_len: int,
+    device: torch.device,
+    strength: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sigmas [T + 1] ending at 0, timesteps [T] = 1000 sigma) from the scheduler with the dynamic shift (mu from
-    ``image_seq_len``, the noise tokens (h/16)(w/16))."""
+    ``image_seq_len``, the noise tokens (h/16)(w/16)), over unshifted time [``strength``, 0] (1: the release's)."""
     least = 2 if scheduler.config.get("shift_terminal") else 1
     if num_steps < least:
         raise ValueError(
             f"num_steps must be >= {least} (a one-step schedule's terminal stretch divides 0 by 0), got {num_steps}"
         )
-    base = np.linspace(1.0, 1.0 / num_steps, num_steps)
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1] (1 samples from pure noise), got {strength}")
+    base = np.linspace(strength, strength / num_steps, num_steps)
     scheduler.set_timesteps(num_steps, device=device, sigmas=base, mu=dynamic_shift(image_seq_len, scheduler))
     return scheduler.sigmas.to(device), scheduler.timesteps.to(device)
+
+
+def start_latents(clean: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Where a ``strength`` < 1 run starts: x_σ = (1 − σ) x0 + σ ε for the photo's tokens x0 [B, S, 64] at the output
+    size, in float32 and stored in ``noise``'s dtype."""
+    return ((1.0 - sigma) * clean.float() + sigma * noise.float()).to(noise.dtype)
 
 
 @dataclass
 class Trajectory:
     """Every step of one batched sampling run, in packed tokens: what an RL trainer replays."""
 
-    latents: torch.Tensor  # [T + 1, B, S, 64]: x_T (the noise) ... x_0, at the output size
+    latents: torch.Tensor  # [T + 1, B, S, 64]: x_T (the noise, or the noised photo) ... x_0, at the output size
     x0: torch.Tensor  # [T, B, S, 64]: x_t - sigma_t v at each step
     sigmas: torch.Tensor  # [T + 1]
     timesteps: torch.Tensor  # [T]
