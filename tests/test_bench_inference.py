@@ -16,14 +16,16 @@ from spc_fast.models import qwen_image
 
 
 def test_dit_step_flops_matches_a_hand_count_on_the_tiny_config():
-    config = qwen_image.TINY_DIT_CONFIG  # width 2 x 16 = 32, H_c width 64, 2 layers, 64 latent channels in and out
+    config = qwen_image.TINY_DIT_CONFIG  # width 8 x 16 = 128, H_c width 64, 2 layers, 64 latent channels in and out
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    assert d == 128
     image, text, tokens = 128, 16, 144
-    embed = image * 64 * 32 + text * 64 * 32 + 256 * 32 + 32 * 32  # img_in, txt_in, the timestep MLP
-    projections = tokens * 4 * 32 * 32  # q, k, v, out (the image and text streams have their own, same sizes)
-    mlp = tokens * (32 * 128 + 128 * 32)
-    modulation = 2 * 32 * 192  # img_mod and txt_mod: 32 -> 6 x 32, once per sample
-    attention = tokens * tokens * 32 * 2  # QK^T and PV over the joint sequence, all heads
-    head = 32 * 64 + image * 32 * 64  # norm_out's modulation and proj_out
+    embed = image * 64 * d + text * 64 * d + 256 * d + d * d  # img_in, txt_in, the timestep MLP
+    projections = tokens * 4 * d * d  # q, k, v, out (the image and text streams have their own, same sizes)
+    mlp = tokens * (d * 4 * d + 4 * d * d)
+    modulation = 2 * d * 6 * d  # img_mod and txt_mod: d -> 6d, once per sample
+    attention = tokens * tokens * d * 2  # QK^T and PV over the joint sequence, all heads
+    head = d * 2 * d + image * d * 64  # norm_out's modulation (d -> 2d) and proj_out
     per_layer = projections + mlp + modulation + attention
     total, blocks = artist_step.dit_step_flops(config, 3, image, text)
     assert blocks == 2 * 3 * 2 * per_layer

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from spc_fast.critic.format import parse
-from spc_fast.models import load_artist, load_critic
+from spc_fast.models import load_artist, load_critic, qwen_image
 from spc_fast.models.factory import tiny_critic_corpus
 from spc_fast.models.qwen_vl import build_tiny_critic
 from spc_fast.rewards.critic import well_formed
@@ -17,7 +17,7 @@ from spc_fast.training.data.manifest import read_manifest
 from spc_fast.training.joint_config import TINY_ANSWER_TOKENS
 from spc_fast.training.tiny_start import TinyStartRecipe, scene, short_records, tiny_start
 
-SMALL = TinyStartRecipe(scenes=2, scene_side=64, pairs=3, critic_steps=2, artist_steps=2)
+SMALL = TinyStartRecipe(scenes=2, scene_side=64, pairs=3, critic_steps=2, artist_steps=2, artist_batch=2)
 
 
 def test_scenes_are_seeded_and_differ():
@@ -65,3 +65,12 @@ def test_the_start_is_built_once_and_loads(tmp_path):
     assert critic.model.config.text_config.hidden_size == artist.transformer.config.joint_attention_dim
     other = TinyStartRecipe(scenes=2, scene_side=64, pairs=3, critic_steps=3, artist_steps=2)
     assert other.key() != SMALL.key()  # another recipe is another cache entry
+
+
+def test_the_cache_key_covers_the_tiny_model_configs(monkeypatch):
+    """A start built for other tiny models is another cache entry, never reused."""
+    before = SMALL.key()
+    monkeypatch.setitem(qwen_image.TINY_DIT_CONFIG, "num_attention_heads", 4)
+    assert SMALL.key() != before
+    monkeypatch.undo()
+    assert SMALL.key() == before
