@@ -69,7 +69,7 @@ class TinyStartRecipe:
     def key(self) -> str:
         versions = {"torch": torch.__version__, "python": sys.version.split()[0]}
         models = {"dit": TINY_DIT_CONFIG, "vae": TINY_VAE_CONFIG}  # a start built for other tiny models is stale
-        text = json.dumps({"recipe": dataclasses.asdict(self), **models, **versions}, sort_keys=True, default=str)
+        text = json.dumps({"recipe": dataclasses.asdict(self), **models, **versions}, sort_keys=True)
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
