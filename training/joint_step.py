@@ -155,9 +155,9 @@ def artist_update(
     step: int,
 ) -> dict[str, float]:
     """Backward of DiffusionNFT over the kept edits (SPEC.md §7–8): per edit a timestep (in the rollouts' range,
-    ``artist.strength``) and fresh noise,
-    x_t = (1 − t) x0 + t ε, v_old from the old adapter and v_ref with the adapters disabled (no grad), v_θ from the
-    trained one; loss = A_max · policy + λ KL, summed with weight ``scale`` as ``critic_update``."""
+    ``artist.strength``) and fresh noise, x_t = (1 − t) x0 + t ε, v_old from the old adapter and v_ref with the
+    adapters disabled (no grad), v_θ from the trained one; loss = A_max · policy + λ KL, summed with weight
+    ``scale`` as ``critic_update``."""
     transformer, inner = artist.transformer, distributed.unwrapped(model)
     h, w = edits.img_shapes[0][0][1:]
     totals = {"loss": 0.0, "kl": 0.0}

@@ -226,8 +226,10 @@ class PhotoArtist:
         lh, lw = h // 8, w // 8
         zc = self.vae.config.z_dim
         noise = pack_latents(self._noise((b, 1, zc, lh, lw), generator, device, dtype).reshape(b, zc, lh, lw))
-        if strength < 1.0:
-            clean = pack_latents(self.encode(release_resize(images, (h, w), (h, w)).to(device)).to(dtype))
+        if strength < 1.0:  # from the photo's own latent at the output size: the source's when the sizes agree
+            clean = source
+            if (h2, w2) != (h, w):
+                clean = pack_latents(self.encode(release_resize(images, (h, w), (h, w)).to(device)).to(dtype))
             noise = start_latents(clean, noise, sigmas[0])
         img_shapes = [[(1, h // MULTIPLE, w // MULTIPLE), (1, h2 // MULTIPLE, w2 // MULTIPLE)]] * b
         latents, trajectory = denoise(
